@@ -1,0 +1,68 @@
+//! Executes one run configuration: validation, the started event, the work, and the final event.
+
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::config::RunConfig;
+use crate::events::Event;
+use crate::report::Reporter;
+use crate::stop::StopFlag;
+
+/// How a run ended when it did not fail.
+pub enum Outcome {
+    Finished { summary: std::collections::BTreeMap<String, f64> },
+    Stopped { checkpoint: Option<String> },
+}
+
+pub struct Context<'a> {
+    pub device: Device,
+    pub reporter: &'a Reporter,
+    pub stop: StopFlag,
+    pub threads: usize,
+}
+
+/// Validates, reports `started`, runs, and reports `finished`, `stopped` or `failed`.
+pub fn execute(config: RunConfig, ctx: &Context) -> anyhow::Result<()> {
+    config.validate()?;
+    let config = resolve(config);
+    let started = Instant::now();
+    ctx.reporter.emit(Event::Started {
+        config: Box::new(config.clone()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        device: crate::device::describe(&ctx.device),
+        threads: ctx.threads,
+        resumed_from_step: None,
+    });
+    match dispatch(config, ctx) {
+        Ok(Outcome::Finished { summary }) => {
+            ctx.reporter.emit(Event::Finished { wall_time_s: started.elapsed().as_secs_f64(), summary });
+            Ok(())
+        }
+        Ok(Outcome::Stopped { checkpoint }) => {
+            ctx.reporter.emit(Event::Stopped { wall_time_s: started.elapsed().as_secs_f64(), checkpoint });
+            Ok(())
+        }
+        Err(e) => {
+            ctx.reporter.emit(Event::Failed { error: format!("{e:#}") });
+            Err(e)
+        }
+    }
+}
+
+fn resolve(config: RunConfig) -> RunConfig {
+    match config {
+        RunConfig::Train(c) => RunConfig::Train(c.resolve()),
+        RunConfig::Transfer(c) => RunConfig::Transfer(c.resolve()),
+        other => other,
+    }
+}
+
+fn dispatch(config: RunConfig, _ctx: &Context) -> anyhow::Result<Outcome> {
+    match config {
+        RunConfig::Train(_) => anyhow::bail!("train: not built yet"),
+        RunConfig::Transfer(_) => anyhow::bail!("transfer: not built yet"),
+        RunConfig::Certify(_) => anyhow::bail!("certify: not built yet"),
+        RunConfig::Predict(_) => anyhow::bail!("predict: not built yet"),
+    }
+}

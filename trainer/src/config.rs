@@ -1,0 +1,796 @@
+//! The run configuration: one typed value from the launch form (or `--config run.json`, or CLI flags)
+//! to the trainer and back into the server's run record. This module is the only definition of it.
+//!
+//! Parameter names are kept apart on purpose: the certification significance is `alpha`, the CRT loss
+//! weight is `logit_weight`, SmoothMix's attack step size is `step_size`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What a run does; the `kind` tag is also the server's run kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunConfig {
+    Train(TrainConfig),
+    Transfer(TransferConfig),
+    Certify(CertifyConfig),
+    Predict(PredictConfig),
+}
+
+impl RunConfig {
+    pub fn kind(&self) -> RunKind {
+        match self {
+            RunConfig::Train(_) => RunKind::Train,
+            RunConfig::Transfer(_) => RunKind::Transfer,
+            RunConfig::Certify(_) => RunKind::Certify,
+            RunConfig::Predict(_) => RunKind::Predict,
+        }
+    }
+
+    /// Checks every value a user can get wrong; the error names the field and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            RunConfig::Train(c) => c.validate(),
+            RunConfig::Transfer(c) => c.validate(),
+            RunConfig::Certify(c) => c.smoothing.validate("smoothing"),
+            RunConfig::Predict(c) => c.smoothing.validate("smoothing"),
+        }
+    }
+
+    /// Where the run writes its outputs.
+    pub fn out_dir(&self) -> &PathBuf {
+        match self {
+            RunConfig::Train(c) => &c.out_dir,
+            RunConfig::Transfer(c) => &c.out_dir,
+            RunConfig::Certify(c) => &c.out_dir,
+            RunConfig::Predict(c) => &c.out_dir,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Train,
+    Transfer,
+    Certify,
+    Predict,
+}
+
+impl RunKind {
+    pub const ALL: [RunKind; 4] = [RunKind::Train, RunKind::Transfer, RunKind::Certify, RunKind::Predict];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Train => "train",
+            RunKind::Transfer => "transfer",
+            RunKind::Certify => "certify",
+            RunKind::Predict => "predict",
+        }
+    }
+}
+
+/// A validation failure: which field, and what was wrong or what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Dataset {
+    #[serde(rename = "mnist")]
+    Mnist,
+    #[serde(rename = "fashion-mnist")]
+    FashionMnist,
+    #[serde(rename = "cifar10")]
+    Cifar10,
+}
+
+impl Dataset {
+    pub const ALL: [Dataset; 3] = [Dataset::Mnist, Dataset::FashionMnist, Dataset::Cifar10];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Cifar10 => "cifar10",
+        }
+    }
+    /// (channels, height, width)
+    pub fn image_shape(self) -> (usize, usize, usize) {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => (1, 28, 28),
+            Dataset::Cifar10 => (3, 32, 32),
+        }
+    }
+    pub fn classes(self) -> usize {
+        10
+    }
+    /// The reference learning rate: 0.01 for the MNIST family, 0.1 for CIFAR-10.
+    pub fn default_lr(self) -> f64 {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => 0.01,
+            Dataset::Cifar10 => 0.1,
+        }
+    }
+}
+
+impl std::str::FromStr for Dataset {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dataset::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| {
+            ConfigError::new("dataset", format!("unknown dataset '{s}'; expected one of {}", names(&Dataset::ALL.map(Dataset::as_str))))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Linear,
+    Lenet,
+    Resnet20,
+    Resnet56,
+    Resnet110,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 5] = [Arch::Linear, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Linear => "linear",
+            Arch::Lenet => "lenet",
+            Arch::Resnet20 => "resnet20",
+            Arch::Resnet56 => "resnet56",
+            Arch::Resnet110 => "resnet110",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Arch::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
+            ConfigError::new("arch", format!("unknown arch '{s}'; expected one of {}", names(&Arch::ALL.map(Arch::as_str))))
+        })
+    }
+}
+
+fn names(list: &[&str]) -> String {
+    list.join(", ")
+}
+
+/// Where the data comes from and how much of it is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: Dataset,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Use only the first N training images (quick runs, tests).
+    #[serde(default)]
+    pub train_subset: Option<usize>,
+    /// Use only the first N test images for the per-epoch evaluation.
+    #[serde(default)]
+    pub test_subset: Option<usize>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// The training method: each variant carries its own parameters, with the references' defaults.
+/// `sigma` is the Gaussian noise level in [0, 1] pixel space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Method {
+    /// Plain cross-entropy on clean inputs.
+    Standard,
+    /// Cross-entropy on x + N(0, sigma^2 I), one draw per image per step (Cohen et al. 2019).
+    Gaussian { sigma: f64 },
+    /// PGD on the smoothed soft classifier (Salman et al. 2019).
+    #[serde(rename = "smoothadv")]
+    SmoothAdv {
+        sigma: f64,
+        #[serde(default = "d_m4")]
+        m: usize,
+        #[serde(default = "d_steps2")]
+        steps: usize,
+        #[serde(default = "d_eps")]
+        epsilon: f64,
+        #[serde(default = "d_warmup10")]
+        warmup_epochs: usize,
+    },
+    /// MACER (Zhai et al. 2020).
+    Macer {
+        sigma: f64,
+        #[serde(default = "d_k16")]
+        k: usize,
+        #[serde(default = "d_lambda12")]
+        lambda: f64,
+        #[serde(default = "d_beta16")]
+        beta: f64,
+        #[serde(default = "d_gamma8")]
+        gamma: f64,
+        #[serde(default)]
+        deferred_epochs: usize,
+    },
+    /// Consistency regularization (Jeong & Shin 2020).
+    Consistency {
+        sigma: f64,
+        #[serde(default = "d_m2")]
+        m: usize,
+        #[serde(default = "d_lambda10")]
+        lambda: f64,
+        #[serde(default = "d_eta05")]
+        eta: f64,
+    },
+    /// SmoothMix (Jeong et al. 2021).
+    #[serde(rename = "smoothmix")]
+    SmoothMix {
+        sigma: f64,
+        #[serde(default = "d_m2")]
+        m: usize,
+        #[serde(default = "d_steps2")]
+        steps: usize,
+        #[serde(default = "d_step_size")]
+        step_size: f64,
+        #[serde(default = "d_eta5")]
+        eta: f64,
+        #[serde(default = "d_warmup10")]
+        warmup_epochs: usize,
+    },
+}
+
+fn d_m4() -> usize {
+    4
+}
+fn d_m2() -> usize {
+    2
+}
+fn d_k16() -> usize {
+    16
+}
+fn d_steps2() -> usize {
+    2
+}
+fn d_eps() -> f64 {
+    0.5
+}
+fn d_warmup10() -> usize {
+    10
+}
+fn d_lambda12() -> f64 {
+    12.0
+}
+fn d_beta16() -> f64 {
+    16.0
+}
+fn d_gamma8() -> f64 {
+    8.0
+}
+fn d_lambda10() -> f64 {
+    10.0
+}
+fn d_eta05() -> f64 {
+    0.5
+}
+fn d_eta5() -> f64 {
+    5.0
+}
+fn d_step_size() -> f64 {
+    0.5
+}
+
+impl Method {
+    pub const NAMES: [&'static str; 6] = ["standard", "gaussian", "smoothadv", "macer", "consistency", "smoothmix"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Standard => "standard",
+            Method::Gaussian { .. } => "gaussian",
+            Method::SmoothAdv { .. } => "smoothadv",
+            Method::Macer { .. } => "macer",
+            Method::Consistency { .. } => "consistency",
+            Method::SmoothMix { .. } => "smoothmix",
+        }
+    }
+
+    /// The training noise level, where the method has one.
+    pub fn sigma(&self) -> Option<f64> {
+        match self {
+            Method::Standard => None,
+            Method::Gaussian { sigma }
+            | Method::SmoothAdv { sigma, .. }
+            | Method::Macer { sigma, .. }
+            | Method::Consistency { sigma, .. }
+            | Method::SmoothMix { sigma, .. } => Some(*sigma),
+        }
+    }
+
+    /// The method with the references' defaults for everything but sigma.
+    pub fn with_defaults(name: &str, sigma: f64) -> Result<Method, ConfigError> {
+        let value = serde_json::json!({ "name": name, "sigma": sigma });
+        let value = if name == "standard" { serde_json::json!({ "name": name }) } else { value };
+        serde_json::from_value(value).map_err(|_| {
+            ConfigError::new("method.name", format!("unknown method '{name}'; expected one of {}", names(&Method::NAMES)))
+        })
+    }
+
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if let Some(s) = self.sigma() {
+            check_sigma(&format!("{field}.sigma"), s)?;
+        }
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::new(format!("{field}.{name}"), "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Method::SmoothAdv { m, steps, epsilon, .. } => {
+                positive("m", *m)?;
+                positive("steps", *steps)?;
+                check_nonneg(&format!("{field}.epsilon"), *epsilon)
+            }
+            Method::Macer { k, beta, gamma, lambda, .. } => {
+                positive("k", *k)?;
+                check_positive(&format!("{field}.beta"), *beta)?;
+                check_positive(&format!("{field}.gamma"), *gamma)?;
+                check_nonneg(&format!("{field}.lambda"), *lambda)
+            }
+            Method::Consistency { m, lambda, eta, .. } => {
+                positive("m", *m)?;
+                check_nonneg(&format!("{field}.lambda"), *lambda)?;
+                check_nonneg(&format!("{field}.eta"), *eta)
+            }
+            Method::SmoothMix { m, steps, step_size, eta, .. } => {
+                positive("m", *m)?;
+                positive("steps", *steps)?;
+                check_positive(&format!("{field}.step_size"), *step_size)?;
+                check_nonneg(&format!("{field}.eta"), *eta)
+            }
+            Method::Standard | Method::Gaussian { .. } => Ok(()),
+        }
+    }
+}
+
+fn check_sigma(field: &str, sigma: f64) -> Result<(), ConfigError> {
+    if !(sigma.is_finite() && sigma > 0.0) {
+        return Err(ConfigError::new(field, format!("must be a finite number > 0 (got {sigma})")));
+    }
+    Ok(())
+}
+
+fn check_positive(field: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(ConfigError::new(field, format!("must be a finite number > 0 (got {v})")));
+    }
+    Ok(())
+}
+
+fn check_nonneg(field: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(ConfigError::new(field, format!("must be a finite number >= 0 (got {v})")));
+    }
+    Ok(())
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    Constant,
+    /// lr * gamma every `every_epochs` epochs.
+    Step { every_epochs: usize, gamma: f64 },
+    /// lr * gamma at each listed epoch.
+    MultiStep { milestones: Vec<usize>, gamma: f64 },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Step { every_epochs: 30, gamma: 0.1 }
+    }
+}
+
+impl Schedule {
+    /// The learning-rate factor in force during `epoch` (0-based).
+    pub fn factor(&self, epoch: usize) -> f64 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Step { every_epochs, gamma } => gamma.powi((epoch / (*every_epochs).max(1)) as i32),
+            Schedule::MultiStep { milestones, gamma } => {
+                gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+            }
+        }
+    }
+}
+
+/// SGD with momentum and weight decay (PyTorch's form), batches, epochs and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// None: the dataset's reference value (0.01 MNIST family, 0.1 CIFAR-10); filled in by `resolve`.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default = "d_momentum")]
+    pub momentum: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+fn d_epochs() -> usize {
+    90
+}
+fn d_batch() -> usize {
+    256
+}
+fn d_momentum() -> f64 {
+    0.9
+}
+fn d_wd() -> f64 {
+    1e-4
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            epochs: d_epochs(),
+            batch_size: d_batch(),
+            lr: None,
+            momentum: d_momentum(),
+            weight_decay: d_wd(),
+            schedule: Schedule::default(),
+        }
+    }
+}
+
+impl OptimConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.epochs == 0 {
+            return Err(ConfigError::new("optim.epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::new("optim.batch_size", "must be at least 1"));
+        }
+        if let Some(lr) = self.lr {
+            check_positive("optim.lr", lr)?;
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(ConfigError::new("optim.momentum", format!("must be in [0, 1) (got {})", self.momentum)));
+        }
+        check_nonneg("optim.weight_decay", self.weight_decay)?;
+        match &self.schedule {
+            Schedule::Step { every_epochs: 0, .. } => {
+                Err(ConfigError::new("optim.schedule.every_epochs", "must be at least 1"))
+            }
+            Schedule::Step { gamma, .. } | Schedule::MultiStep { gamma, .. } => {
+                check_positive("optim.schedule.gamma", *gamma)
+            }
+            Schedule::Constant => Ok(()),
+        }
+    }
+}
+
+fn d_seed() -> u64 {
+    0
+}
+fn d_out_dir() -> PathBuf {
+    PathBuf::from("out")
+}
+
+/// `crt-trainer train`: a model trained from scratch with one method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub arch: Arch,
+    pub method: Method,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    #[serde(default = "d_out_dir")]
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir/checkpoint.safetensors` if it exists.
+    #[serde(default)]
+    pub resume: bool,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.method.validate("method")?;
+        self.optim.validate()?;
+        validate_subsets(&self.data)
+    }
+
+    /// Fills every default that depends on another field (the learning rate on the dataset).
+    pub fn resolve(mut self) -> Self {
+        self.optim.lr.get_or_insert(self.data.dataset.default_lr());
+        self
+    }
+}
+
+fn validate_subsets(data: &DataConfig) -> Result<(), ConfigError> {
+    if data.train_subset == Some(0) {
+        return Err(ConfigError::new("data.train_subset", "must be at least 1 when given"));
+    }
+    if data.test_subset == Some(0) {
+        return Err(ConfigError::new("data.test_subset", "must be at least 1 when given"));
+    }
+    Ok(())
+}
+
+/// How the student learns from the teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransferLoss {
+    /// CRT: logit_weight * mean_b ||z_s - z_t||_2 + (1 - logit_weight) * CE(z_s, y).
+    Crt {
+        #[serde(default = "d_one")]
+        logit_weight: f64,
+    },
+    /// Hinton distillation on noisy inputs: T^2 * KL(p_t^T || p_s^T) + ce_weight * CE.
+    Kd {
+        #[serde(default = "d_temp")]
+        temperature: f64,
+        #[serde(default)]
+        ce_weight: f64,
+    },
+}
+
+fn d_one() -> f64 {
+    1.0
+}
+fn d_temp() -> f64 {
+    4.0
+}
+
+impl Default for TransferLoss {
+    fn default() -> Self {
+        TransferLoss::Crt { logit_weight: 1.0 }
+    }
+}
+
+/// `crt-trainer transfer`: a student trained from scratch by matching a frozen teacher on noisy inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    pub data: DataConfig,
+    /// The teacher's output directory (model.safetensors + model.json of a finished training run).
+    pub teacher: PathBuf,
+    pub student_arch: Arch,
+    #[serde(default)]
+    pub loss: TransferLoss,
+    /// Noise level; None means the teacher's.
+    #[serde(default)]
+    pub sigma: Option<f64>,
+    /// A sigma different from the teacher's is refused unless this is set.
+    #[serde(default)]
+    pub allow_sigma_mismatch: bool,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    #[serde(default = "d_out_dir")]
+    pub out_dir: PathBuf,
+    #[serde(default)]
+    pub resume: bool,
+}
+
+impl TransferConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(s) = self.sigma {
+            check_sigma("sigma", s)?;
+        }
+        match self.loss {
+            TransferLoss::Crt { logit_weight } => {
+                if !(0.0..=1.0).contains(&logit_weight) {
+                    return Err(ConfigError::new(
+                        "loss.logit_weight",
+                        format!("must be in [0, 1] (got {logit_weight})"),
+                    ));
+                }
+            }
+            TransferLoss::Kd { temperature, ce_weight } => {
+                check_positive("loss.temperature", temperature)?;
+                check_nonneg("loss.ce_weight", ce_weight)?;
+            }
+        }
+        self.optim.validate()?;
+        validate_subsets(&self.data)
+    }
+
+    pub fn resolve(mut self) -> Self {
+        self.optim.lr.get_or_insert(self.data.dataset.default_lr());
+        self
+    }
+}
+
+/// Which model to certify: a trainer output directory, or bare weights trained elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSource {
+    /// A directory with model.safetensors and model.json.
+    Dir { path: PathBuf },
+    /// A safetensors file with PyTorch state_dict names (e.g. exported from PyTorch).
+    Weights { path: PathBuf, arch: Arch, dataset: Dataset },
+}
+
+/// Monte Carlo parameters of CERTIFY / PREDICT (Cohen et al. 2019).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmoothingConfig {
+    /// Noise level; None means the one recorded in model.json (required for bare weights).
+    #[serde(default)]
+    pub sigma: Option<f64>,
+    /// Samples used to pick the top class (CERTIFY only).
+    #[serde(default = "d_n0")]
+    pub n0: usize,
+    /// Samples used to estimate its probability.
+    #[serde(default = "d_n")]
+    pub n: usize,
+    /// Significance: the bound holds with probability at least 1 - alpha.
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+    /// Noisy copies per forward pass.
+    #[serde(default = "d_cert_batch")]
+    pub batch: usize,
+    /// Take every `skip`-th test image, from index 0.
+    #[serde(default = "d_skip")]
+    pub skip: usize,
+    /// Stop after this many images.
+    #[serde(default)]
+    pub max: Option<usize>,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+}
+
+fn d_n0() -> usize {
+    100
+}
+fn d_n() -> usize {
+    100_000
+}
+fn d_alpha() -> f64 {
+    0.001
+}
+fn d_cert_batch() -> usize {
+    1000
+}
+fn d_skip() -> usize {
+    1
+}
+
+impl Default for SmoothingConfig {
+    fn default() -> Self {
+        SmoothingConfig {
+            sigma: None,
+            n0: d_n0(),
+            n: d_n(),
+            alpha: d_alpha(),
+            batch: d_cert_batch(),
+            skip: d_skip(),
+            max: None,
+            seed: 0,
+        }
+    }
+}
+
+impl SmoothingConfig {
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if let Some(s) = self.sigma {
+            check_sigma(&format!("{field}.sigma"), s)?;
+        }
+        for (name, v) in [("n0", self.n0), ("n", self.n), ("batch", self.batch), ("skip", self.skip)] {
+            if v == 0 {
+                return Err(ConfigError::new(format!("{field}.{name}"), "must be at least 1"));
+            }
+        }
+        if self.max == Some(0) {
+            return Err(ConfigError::new(format!("{field}.max"), "must be at least 1 when given"));
+        }
+        if !(self.alpha > 0.0 && self.alpha < 0.5) {
+            return Err(ConfigError::new(format!("{field}.alpha"), format!("must be in (0, 0.5) (got {})", self.alpha)));
+        }
+        Ok(())
+    }
+}
+
+/// `crt-trainer certify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifyConfig {
+    pub model: ModelSource,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub smoothing: SmoothingConfig,
+    #[serde(default = "d_out_dir")]
+    pub out_dir: PathBuf,
+}
+
+/// `crt-trainer predict` (PREDICT; `n0` is unused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictConfig {
+    pub model: ModelSource,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub smoothing: SmoothingConfig,
+    #[serde(default = "d_out_dir")]
+    pub out_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_config_round_trips_with_defaults() {
+        let json = r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet",
+                       "method":{"name":"macer","sigma":0.25}}"#;
+        let cfg: RunConfig = serde_json::from_str(json).unwrap();
+        let RunConfig::Train(t) = &cfg else { panic!("not train") };
+        assert_eq!(t.method, Method::Macer { sigma: 0.25, k: 16, lambda: 12.0, beta: 16.0, gamma: 8.0, deferred_epochs: 0 });
+        assert_eq!(t.optim.batch_size, 256);
+        assert_eq!(t.clone().resolve().optim.lr, Some(0.01));
+        let back: RunConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_values_are_rejected() {
+        let bad_field = r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"bogus":1}"#;
+        assert!(serde_json::from_str::<RunConfig>(bad_field).is_err());
+        let bad_arch = r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"vgg","method":{"name":"standard"}}"#;
+        let err = serde_json::from_str::<RunConfig>(bad_arch).unwrap_err().to_string();
+        assert!(err.contains("vgg"), "{err}");
+    }
+
+    #[test]
+    fn sigma_must_be_positive() {
+        let cfg = RunConfig::Train(TrainConfig {
+            data: DataConfig { dataset: Dataset::Mnist, data_dir: "d".into(), train_subset: None, test_subset: None },
+            arch: Arch::Lenet,
+            method: Method::Gaussian { sigma: 0.0 },
+            optim: OptimConfig::default(),
+            seed: 0,
+            out_dir: "o".into(),
+            resume: false,
+        });
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.field, "method.sigma");
+    }
+
+    #[test]
+    fn schedule_factors() {
+        let s = Schedule::default();
+        assert_eq!(s.factor(0), 1.0);
+        assert!((s.factor(30) - 0.1).abs() < 1e-12);
+        let m = Schedule::MultiStep { milestones: vec![2, 4], gamma: 0.5 };
+        assert_eq!([m.factor(1), m.factor(2), m.factor(5)], [1.0, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn method_defaults_by_name() {
+        assert_eq!(Method::with_defaults("gaussian", 0.5).unwrap(), Method::Gaussian { sigma: 0.5 });
+        assert_eq!(Method::with_defaults("nope", 0.5).unwrap_err().field, "method.name");
+    }
+}

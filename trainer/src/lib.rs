@@ -1,0 +1,20 @@
+//! CRT Lab trainer library.
+//!
+//! `config` and `events` are the wire format shared with the server and build without candle;
+//! everything else is the engine, behind the default `engine` feature.
+
+pub mod config;
+pub mod events;
+
+#[cfg(feature = "engine")]
+pub mod cli;
+#[cfg(feature = "engine")]
+pub mod device;
+#[cfg(feature = "engine")]
+pub mod models;
+#[cfg(feature = "engine")]
+pub mod noise;
+#[cfg(feature = "engine")]
+pub mod report;
+#[cfg(feature = "engine")]
+pub mod stop;
