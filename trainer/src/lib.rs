@@ -7,9 +7,17 @@ pub mod config;
 pub mod events;
 
 #[cfg(feature = "engine")]
+pub mod bench;
+#[cfg(feature = "engine")]
+pub mod certify;
+#[cfg(feature = "engine")]
 pub mod cli;
 #[cfg(feature = "engine")]
+pub mod data;
+#[cfg(feature = "engine")]
 pub mod device;
+#[cfg(feature = "engine")]
+pub mod methods;
 #[cfg(feature = "engine")]
 pub mod models;
 #[cfg(feature = "engine")]
@@ -18,3 +26,5 @@ pub mod noise;
 pub mod report;
 #[cfg(feature = "engine")]
 pub mod stop;
+#[cfg(feature = "engine")]
+pub mod train;

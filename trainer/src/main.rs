@@ -22,5 +22,11 @@ fn run(cli: Cli, threads: usize, reporter: &Reporter) -> anyhow::Result<()> {
     let ctx = cli::run::Context { device, reporter, stop, threads };
     match cli.command {
         Command::Run { config } => cli::run::execute(cli::read_config(&config)?, &ctx),
+        Command::Data { cmd } => cli::data::execute(cmd),
+        Command::Bench(args) => cli::bench::execute(args, &ctx.device, ctx.threads),
+        Command::Train(args) => cli::run::execute(args.into_run_config()?, &ctx),
+        Command::Transfer(args) => cli::run::execute(args.into_run_config()?, &ctx),
+        Command::Certify(args) => cli::run::execute(args.into_run_config()?, &ctx),
+        Command::Predict(args) => cli::run::execute(args.into_run_config()?, &ctx),
     }
 }

@@ -1,7 +1,12 @@
 //! The `crt-trainer` command line. Every command builds one typed `RunConfig` (from `--config FILE`
 //! or from flags) and hands it to `run::execute`, which reports events and the outcome.
 
+pub mod bench;
+pub mod certify;
+pub mod data;
 pub mod run;
+pub mod train;
+pub mod transfer;
 
 use std::path::PathBuf;
 
@@ -46,6 +51,21 @@ pub enum Command {
         /// A RunConfig as JSON, e.g. {"kind": "train", ...}.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Train a model from scratch with one method (flags or --config).
+    Train(train::TrainArgs),
+    /// Train a student from scratch on a frozen teacher's outputs under noise (CRT or KD).
+    Transfer(transfer::TransferArgs),
+    /// Certify a smoothed classifier on the test split (Cohen et al.'s CERTIFY): certify.tsv + summary.json.
+    Certify(certify::CertifyArgs),
+    /// Predict with a smoothed classifier on the test split (Cohen et al.'s PREDICT): predict.tsv.
+    Predict(certify::PredictArgs),
+    /// Speed of a training step and a certification batch, beside PyTorch's (items/s and ratio).
+    Bench(bench::BenchArgs),
+    /// Dataset files: `data fetch <dataset> --data-dir DIR`.
+    Data {
+        #[command(subcommand)]
+        cmd: data::DataCommand,
     },
 }
 

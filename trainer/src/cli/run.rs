@@ -32,7 +32,7 @@ pub fn execute(config: RunConfig, ctx: &Context) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         device: crate::device::describe(&ctx.device),
         threads: ctx.threads,
-        resumed_from_step: None,
+        resumed_from_step: resumed_from_step(&config),
     });
     match dispatch(config, ctx) {
         Ok(Outcome::Finished { summary }) => {
@@ -50,6 +50,16 @@ pub fn execute(config: RunConfig, ctx: &Context) -> anyhow::Result<()> {
     }
 }
 
+/// The step a `resume` run continues from, when its output directory holds a checkpoint.
+fn resumed_from_step(config: &RunConfig) -> Option<u64> {
+    let resume = match config {
+        RunConfig::Train(c) => c.resume,
+        RunConfig::Transfer(c) => c.resume,
+        _ => false,
+    };
+    resume.then(|| crate::train::checkpoint::peek_step(config.out_dir())).flatten()
+}
+
 fn resolve(config: RunConfig) -> RunConfig {
     match config {
         RunConfig::Train(c) => RunConfig::Train(c.resolve()),
@@ -58,11 +68,11 @@ fn resolve(config: RunConfig) -> RunConfig {
     }
 }
 
-fn dispatch(config: RunConfig, _ctx: &Context) -> anyhow::Result<Outcome> {
+fn dispatch(config: RunConfig, ctx: &Context) -> anyhow::Result<Outcome> {
     match config {
-        RunConfig::Train(_) => anyhow::bail!("train: not built yet"),
-        RunConfig::Transfer(_) => anyhow::bail!("transfer: not built yet"),
-        RunConfig::Certify(_) => anyhow::bail!("certify: not built yet"),
-        RunConfig::Predict(_) => anyhow::bail!("predict: not built yet"),
+        RunConfig::Train(c) => crate::train::train(&c, ctx),
+        RunConfig::Transfer(c) => crate::train::transfer::transfer(&c, ctx),
+        RunConfig::Certify(c) => crate::certify::run_certify(&c, ctx),
+        RunConfig::Predict(c) => crate::certify::run_predict(&c, ctx),
     }
 }

@@ -26,9 +26,18 @@ impl Lenet {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(x)?.relu()?.max_pool2d(2)?;
-        let x = self.conv2.forward(&x)?.relu()?.max_pool2d(2)?;
+        let x = max_pool2x2(&self.conv1.forward(x)?.relu()?)?;
+        let x = max_pool2x2(&self.conv2.forward(&x)?.relu()?)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
+}
+
+/// 2x2 max-pooling with stride 2 (H and W even), as a max over a reshaped view. candle 0.11.1's
+/// `max_pool2d` backward scales the gradient by 1/4 (it multiplies by the share of maxima in the
+/// window instead of dividing by their count), so LeNet gradients were 4x too small at each pool;
+/// the `max` reduction's backward routes the full gradient to the maximum, as PyTorch does.
+fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: builds the server and the trainer (release), installs the dashboard's front-end
+# packages, and serves http://127.0.0.1:8080 with an embedded SQLite database in ./crt-data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/assets.sh
+cargo build --release -p crt-trainer -p crt-server
+exec target/release/crt-server "$@"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need (PostgreSQL, Chromium and
+# its driver, the npm front-end packages, the real MNIST / Fashion-MNIST data), starts PostgreSQL,
+# then runs formatting, lint and every test of the workspace against SQLite and Postgres.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+export CRT_DATA_DIR="${CRT_DATA_DIR:-$root/target/crt-data}"
+export CARGO_TERM_COLOR=never
+
+need_apt=()
+command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+fi
+
+echo "== front-end packages (npm ci)"
+scripts/assets.sh
+
+echo "== building"
+cargo build --workspace --all-targets
+
+echo "== datasets"
+target/debug/crt-trainer data fetch mnist --data-dir "$CRT_DATA_DIR"
+target/debug/crt-trainer data fetch fashion-mnist --data-dir "$CRT_DATA_DIR"
+
+echo "== PostgreSQL"
+# shellcheck disable=SC1091
+source scripts/ci-postgres.sh
+export CRT_TEST_POSTGRES_URL
+
+echo "== format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== tests"
+cargo test --workspace -- --test-threads 2

@@ -1,0 +1,84 @@
+//! The certified-accuracy summary of a certification run (Cohen et al. 2019): at each radius
+//! r, the fraction of test images whose smoothed prediction is correct and certified with
+//! radius ≥ r; and the average certified radius (ACR, 0 for wrong or abstained images).
+
+use serde::Serialize;
+
+use crt_trainer::events::Certificate;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RadiusAccuracy {
+    pub radius: f64,
+    pub certified_accuracy: f64,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CertSummary {
+    pub n: usize,
+    /// Smoothed-classifier accuracy (certified accuracy at radius 0).
+    pub accuracy: f64,
+    pub abstain_rate: f64,
+    /// Average certified radius.
+    pub acr: f64,
+    pub mean_time_s: f64,
+    pub radii: Vec<RadiusAccuracy>,
+}
+
+/// 0, 0.25, 0.5, … up to the largest certified radius (at least 1.0).
+pub fn default_radii(certs: &[Certificate]) -> Vec<f64> {
+    let max = certs.iter().filter_map(|c| c.radius).fold(1.0_f64, f64::max);
+    let steps = (max / 0.25).ceil() as usize;
+    (0..=steps).map(|i| i as f64 * 0.25).collect()
+}
+
+pub fn summarize(certs: &[Certificate], radii: &[f64]) -> CertSummary {
+    let n = certs.len();
+    let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    // A prediction without a radius (PREDICT) counts at radius 0 only.
+    let certified = |r: f64| certs.iter().filter(|c| c.correct && c.radius.unwrap_or(0.0) >= r && (r == 0.0 || c.radius.is_some())).count();
+    let radius_sum: f64 = certs.iter().filter(|c| c.correct).filter_map(|c| c.radius).sum();
+    CertSummary {
+        n,
+        accuracy: frac(certs.iter().filter(|c| c.correct).count()),
+        abstain_rate: frac(certs.iter().filter(|c| c.predict < 0).count()),
+        acr: if n == 0 { 0.0 } else { radius_sum / n as f64 },
+        mean_time_s: if n == 0 { 0.0 } else { certs.iter().map(|c| c.time).sum::<f64>() / n as f64 },
+        radii: radii
+            .iter()
+            .map(|&r| {
+                let count = certified(r);
+                RadiusAccuracy { radius: r, certified_accuracy: frac(count), count }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(idx: u64, correct: bool, predict: i64, radius: f64) -> Certificate {
+        Certificate { idx, label: 1, predict, radius: Some(radius), correct, count_a: None, p_lower: None, time: 0.5 }
+    }
+
+    #[test]
+    fn certified_accuracy_by_radius_and_acr() {
+        let certs = vec![cert(0, true, 1, 0.3), cert(1, true, 1, 1.2), cert(2, false, 3, 0.9), cert(3, false, -1, 0.0)];
+        let radii = default_radii(&certs);
+        assert_eq!(radii, vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25]);
+        let s = summarize(&certs, &radii);
+        assert_eq!(s.n, 4);
+        assert_eq!(s.accuracy, 0.5);
+        assert_eq!(s.abstain_rate, 0.25);
+        assert!((s.acr - 1.5 / 4.0).abs() < 1e-12);
+        let acc: Vec<f64> = s.radii.iter().map(|r| r.certified_accuracy).collect();
+        assert_eq!(acc, vec![0.5, 0.5, 0.25, 0.25, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn empty_is_zero() {
+        let s = summarize(&[], &[0.0]);
+        assert_eq!((s.n, s.accuracy, s.acr), (0, 0.0, 0.0));
+    }
+}

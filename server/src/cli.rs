@@ -1,0 +1,95 @@
+//! Command-line flags and the settings resolved from them (absolute paths, database URL).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// CRT Lab server: experiments, runs, trainer supervision and live streaming.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "crt-server", version)]
+pub struct Cli {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Where the SQLite database, run outputs and datasets live.
+    #[arg(long, default_value = "./crt-data")]
+    pub data_dir: PathBuf,
+    /// Where datasets are cached (default: <data-dir>/datasets).
+    #[arg(long, env = "CRT_DATASETS_DIR")]
+    pub datasets_dir: Option<PathBuf>,
+    /// Use this database instead of the embedded SQLite file (postgres://… or sqlite:…).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How many trainer processes may run at once (1 suits a CPU machine).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_runs: u32,
+    /// The crt-trainer executable (default: next to this executable).
+    #[arg(long, env = "CRT_TRAINER_BIN")]
+    pub trainer_bin: Option<PathBuf>,
+    /// Seconds a stopping trainer gets to write its checkpoint before SIGKILL.
+    #[arg(long, default_value_t = 30)]
+    pub stop_grace_secs: u64,
+    /// Static files served under /static.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))]
+    pub static_dir: PathBuf,
+}
+
+/// Everything the server needs, with paths made absolute and directories created.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub runs_dir: PathBuf,
+    pub datasets_dir: PathBuf,
+    pub database_url: String,
+    pub max_concurrent_runs: usize,
+    pub trainer_bin: PathBuf,
+    pub stop_grace: Duration,
+    pub static_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn from_cli(cli: Cli) -> anyhow::Result<Settings> {
+        let data_dir = make_dir(&cli.data_dir, "--data-dir")?;
+        let runs_dir = make_dir(&data_dir.join("runs"), "<data-dir>/runs")?;
+        let datasets_dir = make_dir(&cli.datasets_dir.unwrap_or_else(|| data_dir.join("datasets")), "--datasets-dir")?;
+        let database_url = match cli.database_url {
+            Some(url) => url,
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("crt.db").display()),
+        };
+        let trainer_bin = match cli.trainer_bin {
+            Some(p) => p,
+            None => default_trainer_bin()?,
+        };
+        Ok(Settings {
+            bind: cli.bind,
+            data_dir,
+            runs_dir,
+            datasets_dir,
+            database_url,
+            max_concurrent_runs: cli.max_concurrent_runs as usize,
+            trainer_bin,
+            stop_grace: Duration::from_secs(cli.stop_grace_secs),
+            static_dir: cli.static_dir,
+        })
+    }
+
+    /// A run's output directory.
+    pub fn run_dir(&self, run_id: i64) -> PathBuf {
+        self.runs_dir.join(run_id.to_string())
+    }
+}
+
+fn make_dir(path: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("{flag}: cannot create directory {}", path.display()))?;
+    path.canonicalize().with_context(|| format!("{flag}: cannot resolve {}", path.display()))
+}
+
+/// `crt-trainer` in the same directory as this executable (cargo puts both bins in one target dir).
+fn default_trainer_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the crt-server executable")?;
+    Ok(exe.with_file_name("crt-trainer"))
+}

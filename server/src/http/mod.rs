@@ -1,0 +1,49 @@
+//! HTTP: the JSON API (`/api/v1`), live event streams, the OpenAPI document and static files.
+
+pub mod api;
+pub mod errors;
+pub mod openapi;
+pub mod pages;
+pub mod sse;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::cli::Settings;
+use crate::runs::RunManager;
+use crate::store::Store;
+
+pub use errors::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub manager: Arc<RunManager>,
+    pub settings: Arc<Settings>,
+    /// Cancelled at shutdown; ends the event streams.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole application. HTML pages go in as one more `.merge(pages::routes())`, with
+/// `pages::routes() -> Router<AppState>`.
+pub fn router(state: AppState) -> Router {
+    let static_dir = state.settings.static_dir.clone();
+    Router::new()
+        .nest("/api/v1", api::routes())
+        .merge(pages::routes())
+        .route("/api/openapi.json", get(openapi::document))
+        .nest_service("/static", ServeDir::new(static_dir))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
+}

@@ -1,0 +1,68 @@
+//! CRT Lab server: experiments and runs in a database (SQLite or Postgres), trainer processes
+//! supervised on this machine, their events stored and streamed live, a JSON API.
+
+pub mod certified;
+pub mod cli;
+pub mod downsample;
+pub mod http;
+pub mod ingest;
+pub mod launch;
+pub mod logging;
+pub mod runs;
+pub mod store;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Settings};
+use crate::http::AppState;
+use crate::runs::RunManager;
+use crate::store::Store;
+
+/// Runs the server until SIGINT or SIGTERM; running trainers are then stopped (resumable).
+pub async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let settings = Arc::new(Settings::from_cli(cli)?);
+    let store = Store::open(&settings.database_url).await?;
+    if !settings.trainer_bin.is_file() {
+        tracing::warn!(
+            "trainer executable {} not found: runs will fail to start (set --trainer-bin or CRT_TRAINER_BIN)",
+            settings.trainer_bin.display()
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let manager = RunManager::new(store.clone(), settings.clone(), shutdown.clone());
+    manager.start().await?;
+
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("--bind: cannot listen on {}", settings.bind))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to learn the port (with --bind …:0).
+    println!("crt-server listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(data_dir = %settings.data_dir.display(), database = %store::redact(&settings.database_url), "serving on http://{addr}");
+
+    let app = http::router(AppState { store, manager: manager.clone(), settings, shutdown: shutdown.clone() });
+    let on_signal = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: stopping running trainers");
+            on_signal.cancel();
+        })
+        .await?;
+    manager.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

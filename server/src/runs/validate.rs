@@ -1,0 +1,314 @@
+//! Checking a create-run request and filling in the paths the server owns.
+//!
+//! The client sends a `RunConfig` without paths; the server sets `out_dir` (the run's
+//! directory), the dataset directory, a transfer's `teacher` and a certification's `model`
+//! (both the parent run's directory), and `resume`. Those fields are always replaced.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crt_trainer::config::{ModelSource, RunConfig, RunKind, TransferLoss};
+
+use crate::store::runs::{ConfigColumns, Run};
+
+/// `POST /api/v1/runs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRunRequest {
+    pub experiment_id: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub parents: Vec<i64>,
+    pub config: Value,
+}
+
+/// A request field that is wrong, and what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A config that passed every check, ready to be stored once the run id is known.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    pub kind: RunKind,
+    /// The config with server paths filled, except `out_dir` (see [`CheckedConfig::with_out_dir`]).
+    pub config: Value,
+    pub columns: ConfigColumns,
+}
+
+impl CheckedConfig {
+    pub fn with_out_dir(&self, out_dir: &Path) -> Value {
+        let mut config = self.config.clone();
+        config["out_dir"] = json!(out_dir);
+        config
+    }
+
+    /// The default run name, e.g. "train lenet gaussian mnist".
+    pub fn default_name(&self) -> String {
+        let c = &self.columns;
+        let parts = [c.arch.as_deref(), c.method.as_deref(), c.dataset.as_deref()];
+        std::iter::once(self.kind.as_str()).chain(parts.into_iter().flatten()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Checks `config` (the request's `config` member) against the trainer's own types and the
+/// parent rules, filling in server-owned paths.
+pub fn check_config(config: &Value, parents: &[Run], datasets_dir: &Path) -> Result<CheckedConfig, FieldError> {
+    let Value::Object(_) = config else {
+        return Err(FieldError::new("config", "must be a JSON object (a trainer RunConfig)"));
+    };
+    let kind = parse_kind(config)?;
+    let parent = check_parents(kind, parents, config)?;
+    let mut config = config.clone();
+    fill_paths(kind, &mut config, parent, datasets_dir)?;
+    let typed = typed_config(kind, &config)?;
+    typed.validate().map_err(|e| FieldError::new(format!("config.{}", e.field), e.message))?;
+    let columns = columns(&typed, parent);
+    Ok(CheckedConfig { kind, config, columns })
+}
+
+/// The typed config. Each kind's struct is read on its own (not through the `kind`-tagged
+/// enum, which buffers its content and so loses the path to a bad field).
+fn typed_config(kind: RunKind, config: &Value) -> Result<RunConfig, FieldError> {
+    let mut body = config.clone();
+    if let Value::Object(map) = &mut body {
+        map.remove("kind");
+    }
+    Ok(match kind {
+        RunKind::Train => RunConfig::Train(read(body)?),
+        RunKind::Transfer => RunConfig::Transfer(read(body)?),
+        RunKind::Certify => RunConfig::Certify(read(body)?),
+        RunKind::Predict => RunConfig::Predict(read(body)?),
+    })
+}
+
+fn read<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "config".to_string() } else { format!("config.{path}") };
+        FieldError::new(field, e.inner().to_string())
+    })
+}
+
+fn parse_kind(config: &Value) -> Result<RunKind, FieldError> {
+    let allowed = RunKind::ALL.map(RunKind::as_str).join(", ");
+    let Some(kind) = config.get("kind") else {
+        return Err(FieldError::new("config.kind", format!("missing; expected one of {allowed}")));
+    };
+    RunKind::ALL
+        .into_iter()
+        .find(|k| Some(k.as_str()) == kind.as_str())
+        .ok_or_else(|| FieldError::new("config.kind", format!("unknown kind {kind}; expected one of {allowed}")))
+}
+
+/// A transfer needs its teacher and a certification its model: one parent that trains a model.
+/// Returns that parent.
+fn check_parents<'a>(kind: RunKind, parents: &'a [Run], config: &Value) -> Result<Option<&'a Run>, FieldError> {
+    let model_kinds = [RunKind::Train.as_str(), RunKind::Transfer.as_str()];
+    if let Some(p) = parents.iter().find(|p| !model_kinds.contains(&p.kind.as_str())) {
+        return Err(FieldError::new(
+            "parents",
+            format!("run {} is a {} run; a parent must be a train or transfer run (a model)", p.id, p.kind),
+        ));
+    }
+    match (kind, parents) {
+        (RunKind::Train, []) => Ok(None),
+        (RunKind::Train, _) => Err(FieldError::new("parents", "a train run has no parents; leave `parents` empty")),
+        (RunKind::Transfer, [teacher]) => Ok(Some(teacher)),
+        (RunKind::Transfer, _) => {
+            Err(FieldError::new("parents", "a transfer run needs exactly one parent: the teacher's training run"))
+        }
+        (RunKind::Certify | RunKind::Predict, [model]) => Ok(Some(model)),
+        (RunKind::Certify | RunKind::Predict, []) if config.get("model").is_some() => Ok(None),
+        (RunKind::Certify | RunKind::Predict, []) => Err(FieldError::new(
+            "parents",
+            format!(
+                "a {} run needs the run that trained its model as its one parent (or a `config.model` of source \"weights\")",
+                kind.as_str()
+            ),
+        )),
+        (RunKind::Certify | RunKind::Predict, _) => {
+            Err(FieldError::new("parents", format!("a {} run takes exactly one parent: its model", kind.as_str())))
+        }
+    }
+}
+
+fn fill_paths(kind: RunKind, config: &mut Value, parent: Option<&Run>, datasets_dir: &Path) -> Result<(), FieldError> {
+    // Validation runs before the run id exists; the real out_dir replaces this at creation.
+    config["out_dir"] = json!("/pending");
+    match kind {
+        RunKind::Train | RunKind::Transfer => {
+            match config.get_mut("data") {
+                Some(Value::Object(data)) => {
+                    data.insert("data_dir".into(), json!(datasets_dir));
+                }
+                Some(_) => return Err(FieldError::new("config.data", "must be an object like {\"dataset\": \"mnist\"}")),
+                None => return Err(FieldError::new("config.data", "missing; e.g. {\"dataset\": \"mnist\"}")),
+            }
+            config["resume"] = json!(false);
+            if let (RunKind::Transfer, Some(teacher)) = (kind, parent) {
+                config["teacher"] = json!(teacher.out_dir);
+            }
+        }
+        RunKind::Certify | RunKind::Predict => {
+            config["data_dir"] = json!(datasets_dir);
+            if let Some(model) = parent {
+                config["model"] = json!({ "source": "dir", "path": model.out_dir });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The filterable columns; a certification inherits its model's arch, method and dataset.
+fn columns(config: &RunConfig, parent: Option<&Run>) -> ConfigColumns {
+    let inherited = || ConfigColumns {
+        arch: parent.and_then(|p| p.arch.clone()),
+        method: parent.and_then(|p| p.method.clone()),
+        dataset: parent.and_then(|p| p.dataset.clone()),
+        sigma: parent.and_then(|p| p.sigma),
+    };
+    match config {
+        RunConfig::Train(t) => ConfigColumns {
+            arch: Some(t.arch.as_str().into()),
+            method: Some(t.method.name().into()),
+            dataset: Some(t.data.dataset.as_str().into()),
+            sigma: t.method.sigma(),
+        },
+        RunConfig::Transfer(t) => ConfigColumns {
+            arch: Some(t.student_arch.as_str().into()),
+            method: Some(match t.loss {
+                TransferLoss::Crt { .. } => "crt".into(),
+                TransferLoss::Kd { .. } => "kd".into(),
+            }),
+            dataset: Some(t.data.dataset.as_str().into()),
+            sigma: t.sigma.or(parent.and_then(|p| p.sigma)),
+        },
+        RunConfig::Certify(c) => smoothing_columns(&c.model, c.smoothing.sigma, inherited()),
+        RunConfig::Predict(c) => smoothing_columns(&c.model, c.smoothing.sigma, inherited()),
+    }
+}
+
+fn smoothing_columns(model: &ModelSource, sigma: Option<f64>, inherited: ConfigColumns) -> ConfigColumns {
+    let mut cols = inherited;
+    if let ModelSource::Weights { arch, dataset, .. } = model {
+        cols.arch = Some(arch.as_str().into());
+        cols.dataset = Some(dataset.as_str().into());
+    }
+    cols.sigma = sigma.or(cols.sigma);
+    cols
+}
+
+/// A resumable run's config with `resume: true` (train and transfer runs only).
+pub fn resume_config(run: &Run) -> Result<Value, String> {
+    match run.kind.as_str() {
+        "train" | "transfer" => {
+            let mut config = run.config.clone();
+            config["resume"] = json!(true);
+            Ok(config)
+        }
+        other => Err(format!("a {other} run cannot be resumed (only train and transfer runs have checkpoints); create a new run instead")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::RunStatus;
+
+    fn parent(id: i64, kind: &str) -> Run {
+        Run {
+            id,
+            experiment_id: 1,
+            name: "p".into(),
+            kind: kind.into(),
+            status: RunStatus::Finished,
+            config: json!({}),
+            resolved_config: None,
+            arch: Some("lenet".into()),
+            method: Some("gaussian".into()),
+            dataset: Some("mnist".into()),
+            sigma: Some(0.25),
+            parents: vec![],
+            out_dir: format!("/data/runs/{id}"),
+            created_at: 0.0,
+            queued_at: 0.0,
+            started_at: None,
+            finished_at: None,
+            wall_time_s: 0.0,
+            attempt: 1,
+            pid: None,
+            pgid: None,
+            exit_code: Some(0),
+            exit_signal: None,
+            error: None,
+            summary: None,
+            progress: None,
+        }
+    }
+
+    fn train(method: Value) -> Value {
+        json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "lenet", "method": method})
+    }
+
+    #[test]
+    fn fills_server_paths() {
+        let c = check_config(&train(json!({"name": "gaussian", "sigma": 0.25})), &[], Path::new("/d")).unwrap();
+        assert_eq!(c.config["data"]["data_dir"], "/d");
+        assert_eq!(c.config["resume"], false);
+        assert_eq!(c.with_out_dir(Path::new("/r/7"))["out_dir"], "/r/7");
+        assert_eq!(c.columns.sigma, Some(0.25));
+        assert_eq!(c.default_name(), "train lenet gaussian mnist");
+
+        let cert = json!({"kind": "certify", "smoothing": {"n0": 50, "n": 500}});
+        let c = check_config(&cert, &[parent(3, "train")], Path::new("/d")).unwrap();
+        assert_eq!(c.config["model"], json!({"source": "dir", "path": "/data/runs/3"}));
+        assert_eq!(c.columns.arch.as_deref(), Some("lenet"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let check = |v: Value, parents: &[Run]| check_config(&v, parents, Path::new("/d")).unwrap_err();
+        let e = check(train(json!({"name": "gaussian", "sigma": 0.0})), &[]);
+        assert_eq!(e.field, "config.method.sigma");
+        let e = check(train(json!({"name": "gaussian", "sigma": -1.0})), &[]);
+        assert_eq!(e.field, "config.method.sigma");
+        let e = check(json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg", "method": {"name": "standard"}}), &[]);
+        assert_eq!(e.field, "config.arch", "{e}");
+        assert!(e.message.contains("lenet"), "{e}");
+        let e = check(json!({"kind": "train", "data": {"dataset": "svhn"}, "arch": "lenet", "method": {"name": "standard"}}), &[]);
+        assert_eq!(e.field, "config.data.dataset", "{e}");
+        assert!(e.message.contains("mnist"), "{e}");
+        let e = check(json!({"kind": "fly"}), &[]);
+        assert_eq!(e.field, "config.kind");
+        assert!(e.message.contains("certify"));
+        let e = check(json!({"kind": "certify"}), &[]);
+        assert_eq!(e.field, "parents");
+        let e = check(json!({"kind": "transfer", "data": {"dataset": "mnist"}, "student_arch": "lenet"}), &[]);
+        assert_eq!(e.field, "parents");
+        let e = check(train(json!({"name": "standard"})), &[parent(1, "train")]);
+        assert_eq!(e.field, "parents");
+        let e = check(json!({"kind": "certify"}), &[parent(1, "certify")]);
+        assert_eq!(e.field, "parents");
+    }
+
+    #[test]
+    fn resume_only_for_training() {
+        let mut run = parent(1, "train");
+        run.config = json!({"kind": "train", "resume": false});
+        assert_eq!(resume_config(&run).unwrap()["resume"], true);
+        assert!(resume_config(&parent(2, "certify")).unwrap_err().contains("cannot be resumed"));
+    }
+}

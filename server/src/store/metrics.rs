@@ -1,0 +1,79 @@
+//! Scalar metrics: the full history per (run, key, step) and the latest value per (run, key).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MetricPoint {
+    pub step: i64,
+    pub epoch: Option<f64>,
+    pub ts: f64,
+    pub value: f64,
+}
+
+/// Stores one point. A step already stored (a resumed run repeating steps after its last
+/// checkpoint) is overwritten, never duplicated.
+pub async fn upsert(conn: &mut AnyConnection, run_id: i64, key: &str, p: &MetricPoint) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO metrics (run_id, key, step, epoch, ts, value) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (run_id, key, step) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",
+    )
+    .bind(run_id)
+    .bind(key)
+    .bind(p.step)
+    .bind(p.epoch)
+    .bind(p.ts)
+    .bind(p.value)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO metric_latest (run_id, key, step, epoch, ts, value) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, epoch = excluded.epoch, ts = excluded.ts, \
+         value = excluded.value WHERE excluded.step >= metric_latest.step",
+    )
+    .bind(run_id)
+    .bind(key)
+    .bind(p.step)
+    .bind(p.epoch)
+    .bind(p.ts)
+    .bind(p.value)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The latest value of every key of a run.
+pub async fn latest(pool: &AnyPool, run_id: i64) -> anyhow::Result<BTreeMap<String, MetricPoint>> {
+    let rows = sqlx::query("SELECT key, step, epoch, ts, value FROM metric_latest WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("key")?, point(r)?))).collect()
+}
+
+fn point(r: &sqlx::any::AnyRow) -> anyhow::Result<MetricPoint> {
+    Ok(MetricPoint { step: r.try_get("step")?, epoch: r.try_get("epoch")?, ts: r.try_get("ts")?, value: r.try_get("value")? })
+}
+
+/// The keys a run has metrics for.
+pub async fn keys(pool: &AnyPool, run_id: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query("SELECT key FROM metric_latest WHERE run_id = $1 ORDER BY key")
+        .bind(run_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get("key")?))
+        .collect()
+}
+
+/// A key's whole history, by step.
+pub async fn history(pool: &AnyPool, run_id: i64, key: &str) -> anyhow::Result<Vec<MetricPoint>> {
+    let rows = sqlx::query("SELECT step, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step")
+        .bind(run_id)
+        .bind(key)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(point).collect()
+}

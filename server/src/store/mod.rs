@@ -1,0 +1,164 @@
+//! Persistence: one `Store` over SQLite or Postgres through sqlx's `Any` driver.
+//!
+//! Queries use `$N` placeholders, which both SQLite and Postgres accept; the two schemas live in
+//! `migrations/sqlite` and `migrations/postgres`. Every write goes through [`Store::write`], which
+//! serializes writers: SQLite allows one writer anyway, and a single writer keeps the journal's
+//! sequence numbers committed in order, so a live stream can never skip an earlier event.
+
+pub mod artifacts;
+pub mod certificates;
+pub mod experiments;
+pub mod journal;
+pub mod logs;
+pub mod metrics;
+pub mod runs;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use tokio::sync::{broadcast, Mutex, MutexGuard};
+
+pub use journal::JournalEntry;
+
+/// The SQL dialect behind the pool (the schema differs; queries do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> anyhow::Result<Dialect> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else {
+            anyhow::bail!("--database-url: expected a sqlite:… or postgres://… URL, got '{}'", redact(url))
+        }
+    }
+}
+
+/// The database plus the broadcast channel that carries each committed journal entry to
+/// live subscribers.
+#[derive(Clone)]
+pub struct Store {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+    write_lock: Arc<Mutex<()>>,
+    events: broadcast::Sender<Arc<JournalEntry>>,
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and runs the migrations.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::from_url(url)?;
+        let options: AnyConnectOptions =
+            url.parse().with_context(|| format!("--database-url: cannot parse '{}'", redact(url)))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers (API, SSE replay) proceed while ingest writes.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&pool).await.context("database migration failed")?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Store { pool, dialect, write_lock: Arc::new(Mutex::new(())), events })
+    }
+
+    /// Starts the (only) write transaction; journal entries appended to it are broadcast on commit.
+    pub async fn write(&self) -> anyhow::Result<WriteTx<'_>> {
+        let guard = self.write_lock.lock().await;
+        let tx = self.pool.begin().await.context("cannot begin a database transaction")?;
+        Ok(WriteTx { tx, _guard: guard, entries: Vec::new(), events: &self.events })
+    }
+
+    /// Live journal entries, each sent once its transaction has committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JournalEntry>> {
+        self.events.subscribe()
+    }
+}
+
+/// A write transaction holding the store's write lock.
+pub struct WriteTx<'a> {
+    tx: Transaction<'static, Any>,
+    _guard: MutexGuard<'a, ()>,
+    entries: Vec<JournalEntry>,
+    events: &'a broadcast::Sender<Arc<JournalEntry>>,
+}
+
+impl WriteTx<'_> {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Appends a journal entry (an SSE event); `data` must be a JSON object.
+    pub async fn journal(
+        &mut self,
+        run_id: i64,
+        experiment_id: i64,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        let entry = journal::append(&mut self.tx, run_id, experiment_id, kind, data).await?;
+        let seq = entry.seq;
+        self.entries.push(entry);
+        Ok(seq)
+    }
+
+    /// Commits, then publishes the journal entries while still holding the write lock, so
+    /// subscribers see them in sequence order.
+    pub async fn commit(self) -> anyhow::Result<()> {
+        self.tx.commit().await.context("cannot commit a database transaction")?;
+        for entry in self.entries {
+            // No subscribers is fine: the entry is in the database for later replay.
+            let _ = self.events.send(Arc::new(entry));
+        }
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://crt:secret@localhost/db"), "postgres://crt:***@localhost/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn dialect_from_url() {
+        assert_eq!(Dialect::from_url("sqlite://a.db").unwrap(), Dialect::Sqlite);
+        assert_eq!(Dialect::from_url("postgresql://h/db").unwrap(), Dialect::Postgres);
+        assert!(Dialect::from_url("mysql://h/db").is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! Runs: one trainer job each, with its config, status, parents and process bookkeeping.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{any::AnyRow, AnyConnection, AnyPool, Row};
+
+use crate::runs::RunStatus;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub phase: String,
+    pub done: i64,
+    pub total: i64,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub experiment_id: i64,
+    pub name: String,
+    pub kind: String,
+    pub status: RunStatus,
+    /// The config the trainer is given (server paths filled in).
+    pub config: Value,
+    /// The config as the trainer resolved it (all defaults), from its `started` event.
+    pub resolved_config: Option<Value>,
+    pub arch: Option<String>,
+    pub method: Option<String>,
+    pub dataset: Option<String>,
+    pub sigma: Option<f64>,
+    pub parents: Vec<i64>,
+    pub out_dir: String,
+    pub created_at: f64,
+    pub queued_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Seconds the trainer ran, summed over all attempts (resumes).
+    pub wall_time_s: f64,
+    /// How many times a trainer process was started for this run.
+    pub attempt: i64,
+    pub pid: Option<i64>,
+    pub pgid: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub exit_signal: Option<i64>,
+    pub error: Option<String>,
+    /// The final metrics of a finished run.
+    pub summary: Option<Value>,
+    pub progress: Option<Progress>,
+}
+
+/// Columns copied out of the config so runs can be filtered without JSON functions.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigColumns {
+    pub arch: Option<String>,
+    pub method: Option<String>,
+    pub dataset: Option<String>,
+    pub sigma: Option<f64>,
+}
+
+const COLUMNS: &str = "r.id, r.experiment_id, r.name, r.kind, r.status, r.config, r.resolved_config, r.arch, \
+    r.method, r.dataset, r.sigma, r.out_dir, r.created_at, r.queued_at, r.started_at, r.finished_at, \
+    r.wall_time_s, r.attempt, r.pid, r.pgid, r.exit_code, r.exit_signal, r.error, r.summary, \
+    r.progress_phase, r.progress_done, r.progress_total, r.progress_unit";
+
+fn json_column(r: &AnyRow, name: &str) -> anyhow::Result<Option<Value>> {
+    let text: Option<String> = r.try_get(name)?;
+    text.map(|t| serde_json::from_str(&t).with_context(|| format!("corrupt JSON in runs.{name}"))).transpose()
+}
+
+fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
+    let status: String = r.try_get("status")?;
+    let phase: Option<String> = r.try_get("progress_phase")?;
+    let progress = match phase {
+        Some(phase) => Some(Progress {
+            phase,
+            done: r.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0),
+            total: r.try_get::<Option<i64>, _>("progress_total")?.unwrap_or(0),
+            unit: r.try_get::<Option<String>, _>("progress_unit")?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Run {
+        id: r.try_get("id")?,
+        experiment_id: r.try_get("experiment_id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        status: status.parse().map_err(anyhow::Error::msg)?,
+        config: json_column(r, "config")?.unwrap_or(Value::Null),
+        resolved_config: json_column(r, "resolved_config")?,
+        arch: r.try_get("arch")?,
+        method: r.try_get("method")?,
+        dataset: r.try_get("dataset")?,
+        sigma: r.try_get("sigma")?,
+        parents: Vec::new(),
+        out_dir: r.try_get("out_dir")?,
+        created_at: r.try_get("created_at")?,
+        queued_at: r.try_get("queued_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        wall_time_s: r.try_get("wall_time_s")?,
+        attempt: r.try_get("attempt")?,
+        pid: r.try_get("pid")?,
+        pgid: r.try_get("pgid")?,
+        exit_code: r.try_get("exit_code")?,
+        exit_signal: r.try_get("exit_signal")?,
+        error: r.try_get("error")?,
+        summary: json_column(r, "summary")?,
+        progress,
+    })
+}
+
+/// Inserts a queued run with an empty config; the caller sets the config once the id (and
+/// so the output directory) is known.
+pub async fn insert(
+    conn: &mut AnyConnection,
+    experiment_id: i64,
+    name: &str,
+    kind: &str,
+    columns: &ConfigColumns,
+    now: f64,
+) -> anyhow::Result<i64> {
+    let id: i64 = sqlx::query(
+        "INSERT INTO runs (experiment_id, name, kind, status, config, arch, method, dataset, sigma, out_dir, \
+         created_at, queued_at) VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9) RETURNING id",
+    )
+    .bind(experiment_id)
+    .bind(name)
+    .bind(kind)
+    .bind(RunStatus::Queued.as_str())
+    .bind(columns.arch.clone())
+    .bind(columns.method.clone())
+    .bind(columns.dataset.clone())
+    .bind(columns.sigma)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("id")?;
+    Ok(id)
+}
+
+pub async fn set_config(conn: &mut AnyConnection, id: i64, name: &str, config: &Value, out_dir: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET name = $1, config = $2, out_dir = $3 WHERE id = $4")
+        .bind(name)
+        .bind(config.to_string())
+        .bind(out_dir)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_parents(conn: &mut AnyConnection, id: i64, parents: &[i64]) -> anyhow::Result<()> {
+    for (position, parent) in parents.iter().enumerate() {
+        sqlx::query("INSERT INTO run_parents (run_id, parent_id, position) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(*parent)
+            .bind(position as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn get(pool: &AnyPool, id: i64) -> anyhow::Result<Option<Run>> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs r WHERE r.id = $1")).bind(id).fetch_optional(pool).await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut run = from_row(&row)?;
+    run.parents = parents_of(pool, &[id]).await?.remove(&id).unwrap_or_default();
+    Ok(Some(run))
+}
+
+/// Parents of each of `ids`, in the order given at creation.
+async fn parents_of(pool: &AnyPool, ids: &[i64]) -> anyhow::Result<HashMap<i64, Vec<i64>>> {
+    let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let sql = format!("SELECT run_id, parent_id FROM run_parents WHERE run_id IN ({list}) ORDER BY run_id, position");
+    for r in sqlx::query(&sql).fetch_all(pool).await? {
+        out.entry(r.try_get("run_id")?).or_default().push(r.try_get("parent_id")?);
+    }
+    Ok(out)
+}
+
+/// Run ids that name `id` as a parent.
+pub async fn children_of(pool: &AnyPool, id: i64) -> anyhow::Result<Vec<i64>> {
+    sqlx::query("SELECT run_id FROM run_parents WHERE parent_id = $1 ORDER BY run_id")
+        .bind(id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get("run_id")?))
+        .collect()
+}
+
+/// How to order a run list: a run column or a metric's latest value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Column(&'static str),
+    Metric(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunFilter {
+    pub experiment_id: Option<i64>,
+    pub status: Option<RunStatus>,
+    pub kind: Option<String>,
+    pub arch: Option<String>,
+    pub method: Option<String>,
+    pub dataset: Option<String>,
+    pub sort: SortKey,
+    pub descending: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        RunFilter {
+            experiment_id: None,
+            status: None,
+            kind: None,
+            arch: None,
+            method: None,
+            dataset: None,
+            sort: SortKey::Column("id"),
+            descending: false,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// Sortable run columns, by API name.
+pub const SORT_COLUMNS: [&str; 9] =
+    ["id", "name", "status", "kind", "created_at", "started_at", "finished_at", "wall_time_s", "sigma"];
+
+pub async fn list(pool: &AnyPool, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
+    enum Bind {
+        I(i64),
+        S(String),
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM runs r");
+    let mut binds: Vec<Bind> = Vec::new();
+    if let SortKey::Metric(key) = &f.sort {
+        binds.push(Bind::S(key.clone()));
+        sql.push_str(" LEFT JOIN metric_latest ml ON ml.run_id = r.id AND ml.key = $1");
+    }
+    let mut conds: Vec<String> = Vec::new();
+    if let Some(id) = f.experiment_id {
+        binds.push(Bind::I(id));
+        conds.push(format!("r.experiment_id = ${}", binds.len()));
+    }
+    let text_filters = [
+        ("status", f.status.map(|s| s.as_str().to_string())),
+        ("kind", f.kind.clone()),
+        ("arch", f.arch.clone()),
+        ("method", f.method.clone()),
+        ("dataset", f.dataset.clone()),
+    ];
+    for (column, value) in text_filters {
+        if let Some(v) = value {
+            binds.push(Bind::S(v));
+            conds.push(format!("r.{column} = ${}", binds.len()));
+        }
+    }
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    let dir = if f.descending { "DESC" } else { "ASC" };
+    // NULLs last in both directions and both dialects.
+    let order = match &f.sort {
+        SortKey::Column(c) => format!("r.{c}"),
+        SortKey::Metric(_) => "ml.value".to_string(),
+    };
+    sql.push_str(&format!(" ORDER BY ({order} IS NULL), {order} {dir}, r.id {dir}"));
+    binds.push(Bind::I(f.limit));
+    sql.push_str(&format!(" LIMIT ${}", binds.len()));
+    binds.push(Bind::I(f.offset));
+    sql.push_str(&format!(" OFFSET ${}", binds.len()));
+
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = match b {
+            Bind::I(i) => query.bind(i),
+            Bind::S(s) => query.bind(s),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut runs = rows.iter().map(from_row).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut parents = parents_of(pool, &runs.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+    for run in &mut runs {
+        run.parents = parents.remove(&run.id).unwrap_or_default();
+    }
+    Ok(runs)
+}
+
+/// All runs in a status, oldest queued first.
+pub async fn with_status(pool: &AnyPool, status: RunStatus) -> anyhow::Result<Vec<Run>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM runs r WHERE r.status = $1 ORDER BY r.queued_at, r.id"))
+        .bind(status.as_str())
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Queued runs whose parents have all finished, in queue order.
+pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<i64>> {
+    sqlx::query(
+        "SELECT r.id FROM runs r WHERE r.status = 'queued' AND NOT EXISTS (\
+           SELECT 1 FROM run_parents rp JOIN runs p ON p.id = rp.parent_id \
+           WHERE rp.run_id = r.id AND p.status <> 'finished') \
+         ORDER BY r.queued_at, r.id",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("id")?))
+    .collect()
+}
+
+/// (queued run, failed parent, parent's error) for queued runs that can never start.
+pub async fn orphaned(pool: &AnyPool) -> anyhow::Result<Vec<(i64, i64, Option<String>)>> {
+    sqlx::query(
+        "SELECT r.id AS run_id, p.id AS parent_id, p.error AS error FROM runs r \
+         JOIN run_parents rp ON rp.run_id = r.id JOIN runs p ON p.id = rp.parent_id \
+         WHERE r.status = 'queued' AND p.status = 'failed' ORDER BY r.id, rp.position",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("run_id")?, r.try_get("parent_id")?, r.try_get("error")?)))
+    .collect()
+}
+
+pub async fn set_running(conn: &mut AnyConnection, id: i64, pid: i64, pgid: i64, now: f64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE runs SET status = 'running', pid = $1, pgid = $2, started_at = $3, finished_at = NULL, \
+         exit_code = NULL, exit_signal = NULL, error = NULL, attempt = attempt + 1 WHERE id = $4",
+    )
+    .bind(pid)
+    .bind(pgid)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub status: RunStatus,
+    pub exit_code: Option<i64>,
+    pub exit_signal: Option<i64>,
+    pub error: Option<String>,
+    /// Seconds to add to the run's wall time.
+    pub wall_time_s: f64,
+}
+
+pub async fn set_ended(conn: &mut AnyConnection, id: i64, end: &Ending, now: f64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE runs SET status = $1, exit_code = $2, exit_signal = $3, error = $4, \
+         wall_time_s = wall_time_s + $5, finished_at = $6 WHERE id = $7",
+    )
+    .bind(end.status.as_str())
+    .bind(end.exit_code)
+    .bind(end.exit_signal)
+    .bind(end.error.clone())
+    .bind(end.wall_time_s)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a stopped or crashed run back in the queue with a new config (resume: true).
+pub async fn requeue(conn: &mut AnyConnection, id: i64, config: &Value, now: f64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE runs SET status = 'queued', config = $1, queued_at = $2, finished_at = NULL, pid = NULL, \
+         pgid = NULL, exit_code = NULL, exit_signal = NULL, error = NULL WHERE id = $3",
+    )
+    .bind(config.to_string())
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_resolved_config(conn: &mut AnyConnection, id: i64, config: &Value) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET resolved_config = $1 WHERE id = $2")
+        .bind(config.to_string())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_progress(conn: &mut AnyConnection, id: i64, p: &Progress) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE runs SET progress_phase = $1, progress_done = $2, progress_total = $3, progress_unit = $4 WHERE id = $5",
+    )
+    .bind(p.phase.clone())
+    .bind(p.done)
+    .bind(p.total)
+    .bind(p.unit.clone())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_summary(conn: &mut AnyConnection, id: i64, summary: &Value) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET summary = $1 WHERE id = $2").bind(summary.to_string()).bind(id).execute(conn).await?;
+    Ok(())
+}

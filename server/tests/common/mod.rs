@@ -1,0 +1,411 @@
+//! Test harness: the real `crt-server` binary on an ephemeral port with a fresh database
+//! (a SQLite file in a tempdir, or a new Postgres database when `CRT_TEST_POSTGRES_URL` is set),
+//! the real `crt-trainer` next to it, and MNIST from a shared cache (`CRT_DATA_DIR`, default
+//! `<repo>/target/crt-data`). Everything is driven over HTTP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_crt-server");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// The trainer binary: `CRT_TRAINER_BIN`, or `crt-trainer` beside `crt-server`, built once
+/// per test binary (a no-op when the workspace build already made it).
+pub fn trainer_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("CRT_TRAINER_BIN") {
+            return PathBuf::from(bin);
+        }
+        let server = Path::new(SERVER);
+        let profile_dir = server.parent().expect("target profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "crt-trainer", "--bin", "crt-trainer", "--target-dir"]).arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.current_dir(repo_root()).status().expect("running cargo build for crt-trainer");
+        assert!(status.success(), "cargo build -p crt-trainer failed");
+        let bin = profile_dir.join("crt-trainer");
+        assert!(bin.is_file(), "{} missing after cargo build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// The shared dataset cache, with MNIST fetched (once, under a file lock).
+pub fn datasets_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var("CRT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/crt-data"));
+        std::fs::create_dir_all(&dir).expect("creating the dataset cache");
+        let lock = std::fs::File::create(dir.join(".fetch.lock")).expect("dataset lock file");
+        lock.lock().expect("locking the dataset cache");
+        let out = Command::new(trainer_bin())
+            .args(["data", "fetch", "mnist", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("running crt-trainer data fetch");
+        assert!(out.status.success(), "crt-trainer data fetch mnist failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .clone()
+}
+
+/// A place for one test's server: a tempdir and a database.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub database_url: Option<String>,
+    pg: Option<(String, String)>,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match std::env::var("CRT_TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!(
+                    "crt_test_{}_{}",
+                    std::process::id(),
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                );
+                pg_admin(&admin, &format!("CREATE DATABASE {name}"));
+                let url = with_database(&admin, &name);
+                TestEnv { dir, database_url: Some(url), pg: Some((admin, name)) }
+            }
+            _ => TestEnv { dir, database_url: None, pg: None },
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    pub fn server(&self) -> Server {
+        self.server_with(&[])
+    }
+
+    pub fn server_with(&self, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.data_dir().display().to_string(),
+            "--datasets-dir".into(),
+            datasets_dir().display().to_string(),
+            "--stop-grace-secs".into(),
+            "20".into(),
+        ];
+        if !extra.contains(&"--trainer-bin") {
+            args.extend(["--trainer-bin".into(), trainer_bin().display().to_string()]);
+        }
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".into(), url.clone()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::start(&args, &self.dir.path().join("server.log"))
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// Runs one statement on the Postgres admin database (on its own thread and runtime, so it
+/// works from Drop and from async tests alike).
+fn pg_admin(admin_url: &str, sql: &str) {
+    let (url, sql) = (admin_url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connecting to CRT_TEST_POSTGRES_URL");
+            sqlx::query(&sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        })
+    })
+    .join()
+    .expect("postgres admin statement");
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+/// A running `crt-server`.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(args: &[String], log: &Path) -> Server {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("server log");
+        let mut child = Command::new(SERVER)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting crt-server");
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining stdout so the server never blocks on it.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("crt-server listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("crt-server did not start; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Server { child, base, http, log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the server with SIGKILL (its trainers live on, as after a real crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the server stops its trainers and exits.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("crt-server did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        split(resp).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url(path)).json(body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        split(resp).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str, content_type: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        split(resp).await
+    }
+
+    pub async fn create_experiment(&self, name: &str) -> i64 {
+        let (st, body) = self.post("/api/v1/experiments", &json!({ "name": name, "tags": ["test"] })).await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn create_run(&self, experiment: i64, parents: &[i64], config: Value) -> i64 {
+        let (st, body) =
+            self.post("/api/v1/runs", &json!({ "experiment_id": experiment, "parents": parents, "config": config })).await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn run(&self, id: i64) -> Value {
+        let (st, body) = self.get(&format!("/api/v1/runs/{id}")).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Polls the run until `pred` holds; panics (with the server log) after `timeout`.
+    pub async fn wait_run(&self, id: i64, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.run(id).await;
+            if pred(&run) {
+                return run;
+            }
+            if Instant::now() > deadline {
+                let logs = self.get(&format!("/api/v1/runs/{id}/logs?tail=true&limit=40")).await.1;
+                panic!("run {id}: timed out waiting for {what}; run: {run:#}\nrun logs: {logs:#}\nserver log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: i64, status: &str, timeout: Duration) -> Value {
+        self.wait_run(id, timeout, &format!("status {status}"), |r| r["status"] == status).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|s| s != "Z"),
+        Err(_) => false,
+    }
+}
+
+async fn split(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    (status, body)
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A client for an SSE stream, parsing the wire format by hand (as a browser would).
+pub struct SseClient {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buf: String,
+}
+
+impl SseClient {
+    pub async fn connect(server: &Server, path: &str, last_event_id: Option<i64>) -> SseClient {
+        let mut req = server.http.get(server.url(path)).header("accept", "text/event-stream").timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.expect("SSE connect");
+        assert_eq!(resp.status(), StatusCode::OK, "SSE {path}");
+        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
+        SseClient { stream: resp.bytes_stream().boxed(), buf: String::new() }
+    }
+
+    /// The next event (keep-alive comments skipped), or None on timeout or end of stream.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(ev) = parse_block(&block) {
+                    return Some(ev);
+                }
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn parse_block(block: &str) -> Option<SseEvent> {
+    let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    if data.is_empty() && id.is_none() {
+        return None;
+    }
+    Some(SseEvent { id, event, data: serde_json::from_str(&data).unwrap_or(Value::String(data)) })
+}
+
+/// A short Gaussian-noise LeNet training run on a real MNIST subset.
+pub fn train_config(epochs: u64, train_subset: u64) -> Value {
+    json!({
+        "kind": "train",
+        "data": { "dataset": "mnist", "train_subset": train_subset, "test_subset": 500 },
+        "arch": "lenet",
+        "method": { "name": "gaussian", "sigma": 0.25 },
+        "optim": { "epochs": epochs, "batch_size": 128 },
+        "seed": 1
+    })
+}

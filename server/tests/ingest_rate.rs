@@ -1,0 +1,89 @@
+//! Measures the metric ingest rate: synthetic trainer output (JSON event lines, as
+//! `crt-trainer --events jsonl` writes them) goes through the same path as a real trainer's —
+//! line reader → channel → batched transactions → journal → broadcast — into a fresh database
+//! (SQLite file, or Postgres when `CRT_TEST_POSTGRES_URL` is set). Prints points per second.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crt_server::ingest::{self, Ingest, Source};
+use crt_server::store::{self, runs::ConfigColumns, Store};
+use crt_trainer::events::{Event, EventLine};
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+const EVENTS: u64 = 20_000;
+const KEYS: [&str; 4] = ["train/loss", "train/acc", "lr", "grad_norm"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_ingest_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = std::env::var("CRT_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    let (url, cleanup) = match &pg {
+        Some(admin) => {
+            let name = format!("crt_ingest_{}", std::process::id());
+            let admin_store = sqlx::PgPool::connect(admin).await.expect("connecting to CRT_TEST_POSTGRES_URL");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_store).await.unwrap();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            (format!("{base}/{name}"), Some((admin_store, name)))
+        }
+        None => (format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()), None),
+    };
+    let store = Store::open(&url).await.unwrap();
+    let exp = store::experiments::create(&store, "bench", "", &[]).await.unwrap();
+    let mut w = store.write().await.unwrap();
+    let run_id = store::runs::insert(w.conn(), exp.id, "bench", "train", &ConfigColumns::default(), 0.0).await.unwrap();
+    w.commit().await.unwrap();
+    let mut live = store.subscribe();
+
+    // Metrics every step plus a progress line, as a chatty trainer would write them.
+    let mut text = String::new();
+    for step in 1..=EVENTS {
+        let values: BTreeMap<String, f64> = KEYS.iter().enumerate().map(|(i, k)| (k.to_string(), step as f64 * 1e-3 + i as f64)).collect();
+        text.push_str(&EventLine::now(Event::Metrics { step, epoch: Some(step as f64 / 100.0), values }).to_json());
+        text.push('\n');
+        let progress = Event::Progress { phase: "train".into(), done: step, total: EVENTS, unit: "steps".into() };
+        text.push_str(&EventLine::now(progress).to_json());
+        text.push('\n');
+    }
+
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel(4 * ingest::MAX_BATCH);
+    let reader = tokio::spawn(ingest::read_lines(std::io::Cursor::new(text.into_bytes()), Source::Stdout, tx));
+    let outcome = Ingest::new(store.clone(), run_id, exp.id, dir.path().to_path_buf()).run(rx).await;
+    reader.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+
+    let points = EVENTS * KEYS.len() as u64;
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM metrics WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(stored as u64, points, "every point stored once");
+    assert_eq!(outcome.metric_points, points);
+    let latest = store::metrics::latest(&store.pool, run_id).await.unwrap();
+    assert_eq!(latest["lr"].step as u64, EVENTS, "latest summary at the last step");
+    // The broadcast carried the same journal entries, in order.
+    let mut last_seq = 0;
+    let mut metric_events = 0;
+    while let Ok(entry) = live.try_recv() {
+        assert!(entry.seq > last_seq);
+        last_seq = entry.seq;
+        metric_events += (entry.kind == "metrics") as u64;
+    }
+    assert_eq!(metric_events, EVENTS);
+
+    let backend = if pg.is_some() { "postgres" } else { "sqlite" };
+    println!(
+        "ingest rate ({backend}): {points} metric points ({EVENTS} metrics + {EVENTS} progress lines) in {secs:.2} s = {:.0} points/s, {:.0} event lines/s",
+        points as f64 / secs,
+        2.0 * EVENTS as f64 / secs
+    );
+    drop(store);
+    if let Some((admin, name)) = cleanup {
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await.unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! `crt-trainer bench`: our training-step and certification rates beside PyTorch's (see `crate::bench`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use candle_core::Device;
+
+use crate::bench::reference::{self, Reference};
+use crate::bench::table::{self, Ceiling, Row};
+use crate::bench::{flops, workload, Case, Mode};
+use crate::config::Arch;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Models, comma-separated: lenet, resnet20, resnet56, resnet110.
+    #[arg(long, default_value = "lenet,resnet20")]
+    pub models: String,
+    /// Workloads, comma-separated: train (one SGD step), certify (one noisy sampling batch).
+    #[arg(long, default_value = "train,certify")]
+    pub modes: String,
+    /// Timed runs per row (after 2 warm-up runs); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Training batch per model, MODEL=N pairs; models not named use 128.
+    #[arg(long, default_value = "lenet=256,resnet20=128")]
+    pub train_batch: String,
+    /// Noisy copies per certification batch.
+    #[arg(long, default_value_t = 1000)]
+    pub certify_batch: usize,
+    /// Python interpreter with torch installed (default: the repository's .venv-bench, else python3).
+    #[arg(long, value_name = "PYTHON")]
+    pub torch: Option<PathBuf>,
+    /// The PyTorch reference script (default: ../shared/bench/torch_reference.py from the repository).
+    #[arg(long, value_name = "FILE")]
+    pub torch_script: Option<PathBuf>,
+    /// Measure only our side.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Side of the square matrices for the matmul ceiling.
+    #[arg(long, default_value_t = 1024)]
+    pub matmul_size: usize,
+}
+
+impl BenchArgs {
+    /// Every (model, mode) row, in the order given, with its batch size.
+    pub fn cases(&self) -> anyhow::Result<Vec<Case>> {
+        let train_batch = parse_batches(&self.train_batch)?;
+        if self.certify_batch == 0 || self.runs == 0 {
+            bail!("--certify-batch and --runs must be at least 1");
+        }
+        let mut cases = Vec::new();
+        for model in self.models.split(',').filter(|s| !s.is_empty()) {
+            let arch: Arch = model.parse().map_err(|e| anyhow::anyhow!("--models: {e}"))?;
+            if arch == Arch::Linear {
+                bail!("--models: linear has no PyTorch reference; expected lenet, resnet20, resnet56 or resnet110");
+            }
+            for mode in self.modes.split(',').filter(|s| !s.is_empty()) {
+                let mode: Mode = mode.parse()?;
+                let batch = match mode {
+                    Mode::Train => train_batch.get(model).copied().unwrap_or(128),
+                    Mode::Certify => self.certify_batch,
+                };
+                cases.push(Case { arch, mode, batch });
+            }
+        }
+        if cases.is_empty() {
+            bail!("--models and --modes name nothing to measure");
+        }
+        Ok(cases)
+    }
+}
+
+/// `lenet=256,resnet20=128` as a map; the error names the flag and the bad pair.
+fn parse_batches(text: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut map = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let parsed = pair.split_once('=').and_then(|(k, v)| Some((k.to_string(), v.parse::<usize>().ok()?)));
+        match parsed {
+            Some((k, v)) if v > 0 => map.insert(k, v),
+            _ => bail!("--train-batch: expected MODEL=N pairs with N >= 1, like lenet=256, got '{pair}'"),
+        };
+    }
+    Ok(map)
+}
+
+/// The PyTorch side, or the reason it is skipped.
+fn reference(args: &BenchArgs, device: &Device) -> Result<Reference, String> {
+    if args.no_torch {
+        return Err("PyTorch skipped (--no-torch)".into());
+    }
+    let script = reference::find_script(args.torch_script.as_deref()).ok_or_else(|| {
+        "PyTorch skipped: ../shared/bench/torch_reference.py not found next to the repository (pass --torch-script FILE)"
+            .to_string()
+    })?;
+    let device = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
+    Ok(Reference { python: reference::default_python(args.torch.as_deref()), script, device })
+}
+
+pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Result<()> {
+    let cases = args.cases()?;
+    let reference = reference(&args, device);
+    let mut rows = Vec::new();
+    for case in &cases {
+        let (model, mode) = (case.arch.as_str(), case.mode.as_str());
+        eprintln!("bench: {model} {mode} (batch {}): ours...", case.batch);
+        let median_s = workload::measure(case, device, args.runs).with_context(|| format!("bench {model} {mode}"))?;
+        let torch = match &reference {
+            Ok(r) => {
+                eprintln!("bench: {model} {mode} (batch {}): PyTorch...", case.batch);
+                r.measure(case, threads, args.runs).map_err(|e| format!("{e:#}"))
+            }
+            Err(note) => Err(note.clone()),
+        };
+        let items_per_s = case.batch as f64 / median_s;
+        let row = Row {
+            implementation: "crt-trainer",
+            model: model.to_string(),
+            mode: case.mode,
+            batch: case.batch,
+            threads,
+            runs: args.runs,
+            median_s,
+            items_per_s,
+            torch: torch.as_ref().ok().map(|t| t.torch.clone()),
+            torch_items_per_s: torch.as_ref().ok().map(|t| t.items_per_s),
+            ratio: torch.as_ref().ok().map(|t| items_per_s / t.items_per_s),
+            note: torch.err(),
+        };
+        println!("{}", serde_json::to_string(&row)?);
+        rows.push(row);
+    }
+    let ceiling = ceiling(&args, &rows, device)?;
+    println!("{}", serde_json::to_string(&ceiling)?);
+    print!("\n{}", table::render(&rows, Some(&ceiling)));
+    Ok(())
+}
+
+/// The matmul rate, and LeNet certification's effective rate as a share of it.
+fn ceiling(args: &BenchArgs, rows: &[Row], device: &Device) -> anyhow::Result<Ceiling> {
+    eprintln!("bench: matmul {0}x{0}...", args.matmul_size);
+    let gflops = flops::matmul_gflops(args.matmul_size, args.runs, device)?;
+    let lenet = flops::forward_cost((1, 28, 28), &flops::lenet_layers(10));
+    let certify = rows.iter().find(|r| r.model == "lenet" && r.mode == Mode::Certify).map(|r| r.items_per_s);
+    Ok(Ceiling::new(args.matmul_size, gflops, lenet.flops, certify))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        Wrapper::parse_from([&["bench"], extra].concat()).args
+    }
+
+    #[test]
+    fn default_cases_match_the_pytorch_script() {
+        let cases = args(&[]).cases().unwrap();
+        let got: Vec<(&str, &str, usize)> = cases.iter().map(|c| (c.arch.as_str(), c.mode.as_str(), c.batch)).collect();
+        assert_eq!(
+            got,
+            [("lenet", "train", 256), ("lenet", "certify", 1000), ("resnet20", "train", 128), ("resnet20", "certify", 1000)]
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let err = |a: &[&str]| args(a).cases().unwrap_err().to_string();
+        assert!(err(&["--models", "vgg"]).contains("--models"));
+        assert!(err(&["--modes", "eval"]).contains("--modes"));
+        assert!(err(&["--train-batch", "lenet=x"]).contains("--train-batch"));
+        assert!(err(&["--train-batch", "lenet=0"]).contains("lenet=0"));
+    }
+
+    #[test]
+    fn train_batches_apply_per_model() {
+        let cases = args(&["--models", "resnet110", "--modes", "train", "--train-batch", "resnet110=64"]).cases().unwrap();
+        assert_eq!(cases[0].batch, 64);
+    }
+}
