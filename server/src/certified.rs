@@ -36,7 +36,9 @@ pub fn summarize(certs: &[Certificate], radii: &[f64]) -> CertSummary {
     let n = certs.len();
     let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
     // A prediction without a radius (PREDICT) counts at radius 0 only.
-    let certified = |r: f64| certs.iter().filter(|c| c.correct && c.radius.unwrap_or(0.0) >= r && (r == 0.0 || c.radius.is_some())).count();
+    let certified = |r: f64| {
+        certs.iter().filter(|c| c.correct && c.radius.unwrap_or(0.0) >= r && (r == 0.0 || c.radius.is_some())).count()
+    };
     let radius_sum: f64 = certs.iter().filter(|c| c.correct).filter_map(|c| c.radius).sum();
     CertSummary {
         n,

@@ -38,7 +38,11 @@ mod tests {
     use super::*;
 
     fn series(values: &[f64]) -> Vec<MetricPoint> {
-        values.iter().enumerate().map(|(i, &v)| MetricPoint { step: i as i64, epoch: None, ts: 0.0, value: v }).collect()
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| MetricPoint { step: i as i64, epoch: None, ts: 0.0, value: v })
+            .collect()
     }
 
     #[test]

@@ -183,8 +183,13 @@ impl Ingest {
                 w.journal(run, exp, "certificate", serde_json::to_value(&cert)?).await?;
             }
             Event::Artifact { path, kind, size, sha256 } => {
-                let artifact =
-                    Artifact { path: relative_path(&self.out_dir, &path), kind: kind.as_str().into(), size: size as i64, sha256, ts: ev.ts };
+                let artifact = Artifact {
+                    path: relative_path(&self.out_dir, &path),
+                    kind: kind.as_str().into(),
+                    size: size as i64,
+                    sha256,
+                    ts: ev.ts,
+                };
                 store::artifacts::upsert(w.conn(), run, &artifact).await?;
                 w.journal(run, exp, "artifact", serde_json::to_value(&artifact)?).await?;
             }
@@ -241,7 +246,13 @@ pub async fn unreported_files(out_dir: &Path, known: &[String]) -> Vec<Artifact>
                 }
                 if let Ok(sha256) = sha256_file(&path) {
                     let kind = if rel == crate::launch::CONFIG_FILE { "metadata" } else { "other" };
-                    found.push(Artifact { path: rel, kind: kind.into(), size: meta.len() as i64, sha256, ts: crt_trainer::events::unix_now() });
+                    found.push(Artifact {
+                        path: rel,
+                        kind: kind.into(),
+                        size: meta.len() as i64,
+                        sha256,
+                        ts: crt_trainer::events::unix_now(),
+                    });
                 }
             }
         }
@@ -261,7 +272,12 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Records the given files as artifacts of a run, with journal entries.
-pub async fn record_artifacts(store: &Store, run_id: i64, experiment_id: i64, files: &[Artifact]) -> anyhow::Result<()> {
+pub async fn record_artifacts(
+    store: &Store,
+    run_id: i64,
+    experiment_id: i64,
+    files: &[Artifact],
+) -> anyhow::Result<()> {
     if files.is_empty() {
         return Ok(());
     }

@@ -18,7 +18,9 @@ async fn experiments_crud() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(health["database"], if env.is_postgres() { "postgres" } else { "sqlite" });
 
-    let (st, exp) = server.post("/api/v1/experiments", &json!({"name": " CRT on MNIST ", "description": "d", "tags": ["a", "b"]})).await;
+    let (st, exp) = server
+        .post("/api/v1/experiments", &json!({"name": " CRT on MNIST ", "description": "d", "tags": ["a", "b"]}))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{exp}");
     let id = exp["id"].as_i64().unwrap();
     assert_eq!(exp["name"], "CRT on MNIST");
@@ -64,32 +66,50 @@ async fn invalid_requests_are_refused_and_change_nothing() {
         let runs = server.get("/api/v1/runs?sort=id").await.1;
         let ids: Vec<Value> = runs.as_array().unwrap().iter().map(|r| json!([r["id"], r["config"]])).collect();
         let exps = server.get("/api/v1/experiments").await.1;
-        let exps: Vec<Value> = exps.as_array().unwrap().iter().map(|e| json!([e["id"], e["name"], e["tags"], e["updated_at"]])).collect();
+        let exps: Vec<Value> =
+            exps.as_array().unwrap().iter().map(|e| json!([e["id"], e["name"], e["tags"], e["updated_at"]])).collect();
         (ids, exps)
     };
     let before = snapshot().await;
 
-    let train = |method: Value| json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "lenet", "method": method});
+    let train =
+        |method: Value| json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "lenet", "method": method});
     let run_req = |config: Value| json!({"experiment_id": exp, "config": config});
     // (request body, expected status, expected field, a word the message must contain)
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
-        (run_req(train(json!({"name": "gaussian", "sigma": 0.0}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method.sigma", "> 0"),
-        (run_req(train(json!({"name": "gaussian", "sigma": -0.5}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method.sigma", "> 0"),
+        (
+            run_req(train(json!({"name": "gaussian", "sigma": 0.0}))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.method.sigma",
+            "> 0",
+        ),
+        (
+            run_req(train(json!({"name": "gaussian", "sigma": -0.5}))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.method.sigma",
+            "> 0",
+        ),
         (run_req(train(json!({"name": "dropout"}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method", "gaussian"),
         (
-            run_req(json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg16", "method": {"name": "standard"}})),
+            run_req(
+                json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg16", "method": {"name": "standard"}}),
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "config.arch",
             "lenet",
         ),
         (
-            run_req(json!({"kind": "train", "data": {"dataset": "svhn"}, "arch": "lenet", "method": {"name": "standard"}})),
+            run_req(
+                json!({"kind": "train", "data": {"dataset": "svhn"}, "arch": "lenet", "method": {"name": "standard"}}),
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "config.data.dataset",
             "fashion-mnist",
         ),
         (
-            run_req(json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "lenet", "method": {"name": "standard"}, "bogus": 1})),
+            run_req(
+                json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "lenet", "method": {"name": "standard"}, "bogus": 1}),
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "config.bogus",
             "unknown field",
@@ -215,9 +235,7 @@ async fn run_lists_filter_and_sort() {
     let server = env.server_with(&["--trainer-bin", "/bin/false", "--max-concurrent-runs", "4"]);
     let a = server.create_experiment("a").await;
     let b = server.create_experiment("b").await;
-    let cfg = |arch: &str, method: Value, dataset: &str| {
-        json!({"kind": "train", "data": {"dataset": dataset}, "arch": arch, "method": method})
-    };
+    let cfg = |arch: &str, method: Value, dataset: &str| json!({"kind": "train", "data": {"dataset": dataset}, "arch": arch, "method": method});
     let r1 = server.create_run(a, &[], cfg("lenet", json!({"name": "gaussian", "sigma": 0.5}), "mnist")).await;
     let r2 = server.create_run(a, &[], cfg("resnet20", json!({"name": "macer", "sigma": 0.25}), "cifar10")).await;
     let r3 = server.create_run(b, &[], cfg("lenet", json!({"name": "standard"}), "fashion-mnist")).await;
@@ -259,7 +277,11 @@ async fn dependents_of_a_failed_run_fail() {
     }
     let child_run = server.run(child).await;
     assert_eq!(child_run["parents"], json!([parent]));
-    assert_eq!(child_run["config"]["model"]["path"], server.run(parent).await["out_dir"], "the model is the parent's output");
+    assert_eq!(
+        child_run["config"]["model"]["path"],
+        server.run(parent).await["out_dir"],
+        "the model is the parent's output"
+    );
 }
 
 #[tokio::test]

@@ -144,8 +144,12 @@ async fn check_artifacts(server: &common::Server, run: i64) -> u64 {
 
 async fn certify(server: &common::Server, exp: i64, model_run: i64) {
     let config = json!({"kind": "certify", "smoothing": {"n0": 50, "n": 500, "max": 10, "skip": 100, "batch": 250}});
-    let (st, created) =
-        server.post("/api/v1/runs", &json!({"experiment_id": exp, "name": "certify it", "parents": [model_run], "config": config})).await;
+    let (st, created) = server
+        .post(
+            "/api/v1/runs",
+            &json!({"experiment_id": exp, "name": "certify it", "parents": [model_run], "config": config}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{created}");
     let id = created["id"].as_i64().unwrap();
     assert_eq!(created["arch"], "lenet", "a certification inherits its model's arch");
@@ -166,9 +170,11 @@ async fn certify(server: &common::Server, exp: i64, model_run: i64) {
     assert_eq!(summary["accuracy"].as_f64().unwrap(), correct / 10.0);
     assert_eq!(summary["radii"][0]["radius"], 0.0);
     assert_eq!(summary["radii"][0]["certified_accuracy"], summary["accuracy"]);
-    let acr: f64 = certs.iter().filter(|c| c["correct"] == true).map(|c| c["radius"].as_f64().unwrap()).sum::<f64>() / 10.0;
+    let acr: f64 =
+        certs.iter().filter(|c| c["correct"] == true).map(|c| c["radius"].as_f64().unwrap()).sum::<f64>() / 10.0;
     assert!((summary["acr"].as_f64().unwrap() - acr).abs() < 1e-9);
-    let accs: Vec<f64> = summary["radii"].as_array().unwrap().iter().map(|r| r["certified_accuracy"].as_f64().unwrap()).collect();
+    let accs: Vec<f64> =
+        summary["radii"].as_array().unwrap().iter().map(|r| r["certified_accuracy"].as_f64().unwrap()).collect();
     assert!(accs.windows(2).all(|w| w[0] >= w[1]), "certified accuracy falls with the radius: {accs:?}");
     assert!(correct >= 5.0, "a trained LeNet certifies most of 10 images at radius 0: {correct}");
 }

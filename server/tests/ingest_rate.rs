@@ -39,7 +39,8 @@ async fn metric_ingest_rate() {
     // Metrics every step plus a progress line, as a chatty trainer would write them.
     let mut text = String::new();
     for step in 1..=EVENTS {
-        let values: BTreeMap<String, f64> = KEYS.iter().enumerate().map(|(i, k)| (k.to_string(), step as f64 * 1e-3 + i as f64)).collect();
+        let values: BTreeMap<String, f64> =
+            KEYS.iter().enumerate().map(|(i, k)| (k.to_string(), step as f64 * 1e-3 + i as f64)).collect();
         text.push_str(&EventLine::now(Event::Metrics { step, epoch: Some(step as f64 / 100.0), values }).to_json());
         text.push('\n');
         let progress = Event::Progress { phase: "train".into(), done: step, total: EVENTS, unit: "steps".into() };

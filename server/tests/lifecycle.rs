@@ -38,7 +38,8 @@ async fn stop_a_running_run() {
     let server = env.server();
     let exp = server.create_experiment("stop").await;
     let run = server.create_run(exp, &[], train_config(50, 2000)).await;
-    let r = server.wait_run(run, LONG, "first metrics", |r| r["metrics"].as_object().is_some_and(|m| !m.is_empty())).await;
+    let r =
+        server.wait_run(run, LONG, "first metrics", |r| r["metrics"].as_object().is_some_and(|m| !m.is_empty())).await;
     let pid = r["pid"].as_i64().unwrap();
     assert!(alive(pid));
 
@@ -50,7 +51,10 @@ async fn stop_a_running_run() {
     assert_eq!(r["resumable"], true);
     assert!(has_checkpoint(&server.get(&format!("/api/v1/runs/{run}/artifacts")).await.1), "stop writes a checkpoint");
     let logs = server.get(&format!("/api/v1/runs/{run}/logs?stream=server")).await.1;
-    assert!(logs["lines"].as_array().unwrap().iter().any(|l| l["line"].as_str().unwrap().contains("stopped")), "{logs}");
+    assert!(
+        logs["lines"].as_array().unwrap().iter().any(|l| l["line"].as_str().unwrap().contains("stopped")),
+        "{logs}"
+    );
 
     // A queued run stops at once, without ever starting.
     let blocker = server.create_run(exp, &[], train_config(50, 2000)).await;
@@ -120,7 +124,8 @@ async fn server_killed_and_restarted_reconciles() {
     assert!(r["error"].as_str().unwrap().contains("server restarted"), "{r}");
     assert!(!alive(pid), "the orphaned trainer was ended");
     assert!(points.is_subset(&metric_points(&server, run).await), "no stored metric lost");
-    let logs_after = server.get(&format!("/api/v1/runs/{run}/logs?limit=10000")).await.1["lines"].as_array().unwrap().len();
+    let logs_after =
+        server.get(&format!("/api/v1/runs/{run}/logs?limit=10000")).await.1["lines"].as_array().unwrap().len();
     assert!(logs_after > logs, "logs kept, plus the server's note");
     let artifacts_after = server.get(&format!("/api/v1/runs/{run}/artifacts")).await.1;
     for a in artifacts.as_array().unwrap() {

@@ -40,6 +40,8 @@ export class ChartSlot {
       this.container.textContent = 'Charts need static/vendor/uPlot.iife.min.js: run scripts/assets.sh.';
       return;
     }
+    // How many x values are drawn: lets a reader (or a browser test) see the chart grow.
+    this.container.dataset.points = String(data[0].length);
     const signature = JSON.stringify(spec);
     if (this.plot && signature === this.signature) {
       this.plot.setData(data);

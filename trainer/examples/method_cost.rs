@@ -28,7 +28,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.batch > 0 && args.steps > 0, "--batch and --steps must be at least 1");
     let costs = method_costs(args.arch, args.dataset, args.batch, args.steps, args.sigma, &candle_core::Device::Cpu)?;
-    println!("{} on {}, batch {}, {} steps (loss + backward, reference defaults):", args.arch.as_str(), args.dataset.as_str(), args.batch, args.steps);
+    println!(
+        "{} on {}, batch {}, {} steps (loss + backward, reference defaults):",
+        args.arch.as_str(),
+        args.dataset.as_str(),
+        args.batch,
+        args.steps
+    );
     println!("{:<16} {:>12} {:>10}", "method", "ms/step", "x gaussian");
     for c in costs {
         println!("{:<16} {:>12.1} {:>10.2}", c.name, c.seconds_per_step * 1e3, c.relative);

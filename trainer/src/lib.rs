@@ -17,6 +17,8 @@ pub mod data;
 #[cfg(feature = "engine")]
 pub mod device;
 #[cfg(feature = "engine")]
+pub mod kernels;
+#[cfg(feature = "engine")]
 pub mod methods;
 #[cfg(feature = "engine")]
 pub mod models;

@@ -59,7 +59,8 @@ fn shuffled_batches_cover_each_item_once() {
 #[test]
 fn shuffled_order_is_reproducible_from_seed_and_epoch() {
     let data = split(200);
-    let order = |seed, epoch| data.shuffled_batches(32, &mut epoch_rng(seed, epoch), None, &Device::Cpu).order().to_vec();
+    let order =
+        |seed, epoch| data.shuffled_batches(32, &mut epoch_rng(seed, epoch), None, &Device::Cpu).order().to_vec();
     assert_eq!(order(7, 3), order(7, 3));
     assert_ne!(order(7, 3), order(7, 4), "each epoch has its own order");
     assert_ne!(order(7, 3), order(8, 3), "each seed has its own order");

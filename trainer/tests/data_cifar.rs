@@ -5,7 +5,8 @@ use std::path::Path;
 use crt_trainer::config::Dataset;
 use crt_trainer::data::{self, DataError, CIFAR10_URL, CIFAR_RECORD_BYTES};
 
-const TRAIN: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+const TRAIN: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 
 /// Pixel byte `k` (0..3072, R plane then G then B) of the record with global number `r`.
 fn pixel(r: usize, k: usize) -> u8 {

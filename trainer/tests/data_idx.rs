@@ -140,7 +140,10 @@ fn truncated_file_is_rejected() {
     bytes.truncate(bytes.len() - 100);
     let (err, path, _tmp) = damaged(TRAIN_IMAGES, bytes);
     let full = (16 + 5 * 28 * 28) as u64;
-    assert!(matches!(err, DataError::Length { expected, found, .. } if expected == full && found == full - 100), "{err:?}");
+    assert!(
+        matches!(err, DataError::Length { expected, found, .. } if expected == full && found == full - 100),
+        "{err:?}"
+    );
     assert_names(&err, &path);
     assert!(err.to_string().contains(&format!("expected {full} bytes")), "{err}");
 }
@@ -178,7 +181,10 @@ fn label_out_of_range_is_rejected() {
 #[test]
 fn wrong_image_size_is_rejected() {
     let (err, path, _tmp) = damaged(TRAIN_IMAGES, idx_images(5, 32, 32));
-    assert!(matches!(&err, DataError::Dims { expected, found, .. } if expected == "28x28" && found == "32x32"), "{err:?}");
+    assert!(
+        matches!(&err, DataError::Dims { expected, found, .. } if expected == "28x28" && found == "32x32"),
+        "{err:?}"
+    );
     assert_names(&err, &path);
 }
 

@@ -59,7 +59,10 @@ fn check_real(dataset: Dataset, expected: &Expected) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("4 file(s) already present and sha256-verified") && stdout.contains("nothing fetched"), "{stdout}");
+    assert!(
+        stdout.contains("4 file(s) already present and sha256-verified") && stdout.contains("nothing fetched"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -98,4 +101,35 @@ fn real_fashion_mnist() {
             test_counts: [1000; 10],
         },
     );
+}
+
+#[test]
+fn fetch_verifies_either_form_and_force_replaces_foreign_files() {
+    let cache = data_dir();
+    data::ensure_dataset(Dataset::Mnist, &cache).unwrap_or_else(|e| panic!("cannot fetch mnist: {e:#}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A gzipped copy of a pinned raw file verifies by its content.
+    let labels = std::fs::read(cache.join("mnist/train-labels-idx1-ubyte")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &labels).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte.gz"), gz.finish().unwrap()).unwrap();
+    for name in ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::copy(cache.join("mnist").join(name), dir.join(name)).unwrap();
+    }
+    // A foreign file in the fourth slot.
+    let foreign = dir.join("train-images-idx3-ubyte");
+    std::fs::write(&foreign, b"not mnist").unwrap();
+
+    let outcome = data::fetch(Dataset::Mnist, tmp.path(), data::FetchOptions::default()).unwrap();
+    assert_eq!((outcome.present.len(), outcome.fetched.len()), (3, 0));
+    assert_eq!(outcome.kept, vec![foreign.clone()]);
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"not mnist");
+
+    let outcome = data::fetch(Dataset::Mnist, tmp.path(), data::FetchOptions { force: true }).unwrap();
+    assert_eq!(outcome.fetched, vec![foreign.clone()]);
+    assert!(outcome.kept.is_empty());
+    assert_eq!(sha256(&foreign), "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db");
+    assert_eq!(data::load(Dataset::Mnist, tmp.path(), true).unwrap().len(), 60_000);
 }

@@ -85,7 +85,8 @@ fn macer_robustness_term_is_deferred() {
     // While deferred the loss equals the lambda = 0 loss exactly; afterwards the robustness term
     // (active on samples the smoothed model classifies as labelled) changes it.
     let model = lenet(4);
-    let macer = |lambda, deferred_epochs| Method::Macer { sigma: 0.25, k: 4, lambda, beta: 16.0, gamma: 8.0, deferred_epochs };
+    let macer =
+        |lambda, deferred_epochs| Method::Macer { sigma: 0.25, k: 4, lambda, beta: 16.0, gamma: 8.0, deferred_epochs };
     let plain = loss_value(&macer(0.0, 0), &model, 0, 2);
     assert_eq!(loss_value(&macer(12.0, 3), &model, 2, 2), plain);
     let (x, _) = batch(Dataset::Mnist, BATCH, 3);
@@ -103,7 +104,8 @@ fn smoothmix_mixup_weight_warms_up() {
     let model = lenet(5);
     let (x, _) = batch(Dataset::Mnist, BATCH, 3);
     let y = model.forward_t(&x, false).unwrap().argmax(1).unwrap();
-    let mix = |eta, warmup_epochs| Method::SmoothMix { sigma: 0.25, m: 2, steps: 1, step_size: 0.5, eta, warmup_epochs };
+    let mix =
+        |eta, warmup_epochs| Method::SmoothMix { sigma: 0.25, m: 2, steps: 1, step_size: 0.5, eta, warmup_epochs };
     let value = |method: &Method, epoch| {
         training_loss(method, &model, &x, &y, epoch, &mut StdRng::seed_from_u64(9)).unwrap().to_scalar::<f32>().unwrap()
     };

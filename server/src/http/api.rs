@@ -93,7 +93,10 @@ fn check_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
         .map(|(i, t)| {
             let t = t.trim();
             if t.is_empty() || t.chars().count() > 64 {
-                Err(ApiError::Invalid { field: format!("tags[{i}]"), message: "a tag must be 1 to 64 characters".into() })
+                Err(ApiError::Invalid {
+                    field: format!("tags[{i}]"),
+                    message: "a tag must be 1 to 64 characters".into(),
+                })
             } else {
                 Ok(t.to_string())
             }
@@ -124,7 +127,9 @@ struct ExperimentView {
 }
 
 async fn find_experiment(app: &AppState, id: i64) -> Result<Experiment, ApiError> {
-    experiments::get(&app.store.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("experiment {id} does not exist")))
+    experiments::get(&app.store.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("experiment {id} does not exist")))
 }
 
 async fn get_experiment(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<ExperimentView>, ApiError> {
@@ -219,7 +224,8 @@ fn one_of(field: &str, value: Option<String>, allowed: &[&str]) -> Result<Option
 
 impl RunListQuery {
     fn into_filter(self) -> Result<RunFilter, ApiError> {
-        let status = self.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::bad_param("status", e))).transpose()?;
+        let status =
+            self.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::bad_param("status", e))).transpose()?;
         let mut methods: Vec<&str> = Method::NAMES.to_vec();
         methods.extend(["crt", "kd"]);
         let (sort, descending) = parse_sort(self.sort.as_deref().unwrap_or("id"))?;
@@ -261,7 +267,10 @@ fn parse_sort(sort: &str) -> Result<(SortKey, bool), ApiError> {
         Some(c) => Ok((SortKey::Column(c), descending)),
         None => Err(ApiError::bad_param(
             "sort",
-            format!("unknown sort key '{key}'; expected one of {}, or metric:<key>, optionally prefixed by '-'", runs::SORT_COLUMNS.join(", ")),
+            format!(
+                "unknown sort key '{key}'; expected one of {}, or metric:<key>, optionally prefixed by '-'",
+                runs::SORT_COLUMNS.join(", ")
+            ),
         )),
     }
 }
@@ -344,7 +353,10 @@ async fn metric_history(
 ) -> Result<Json<MetricHistory>, ApiError> {
     find_run(&app, id).await?;
     if q.points.is_some_and(|p| p < 3) {
-        return Err(ApiError::bad_param("points", "must be at least 3 (each bucket keeps its min, max and last point)"));
+        return Err(ApiError::bad_param(
+            "points",
+            "must be at least 3 (each bucket keeps its min, max and last point)",
+        ));
     }
     let known = metrics::keys(&app.store.pool, id).await?;
     let keys: Vec<String> = match &q.keys {
@@ -354,7 +366,10 @@ async fn metric_history(
     if let Some(unknown) = keys.iter().find(|k| !known.contains(k)) {
         return Err(ApiError::bad_param(
             "keys",
-            format!("run {id} has no metric '{unknown}'; it has: {}", if known.is_empty() { "none yet".into() } else { known.join(", ") }),
+            format!(
+                "run {id} has no metric '{unknown}'; it has: {}",
+                if known.is_empty() { "none yet".into() } else { known.join(", ") }
+            ),
         ));
     }
     let mut out = BTreeMap::new();
@@ -406,15 +421,15 @@ async fn run_logs(State(app): State<AppState>, P(id): P<i64>, Q(q): Q<LogParams>
 
 // ---------- artifacts ----------
 
-async fn list_artifacts(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<Vec<artifacts::Artifact>>, ApiError> {
+async fn list_artifacts(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+) -> Result<Json<Vec<artifacts::Artifact>>, ApiError> {
     find_run(&app, id).await?;
     Ok(Json(artifacts::list(&app.store.pool, id).await?))
 }
 
-async fn download_artifact(
-    State(app): State<AppState>,
-    P((id, path)): P<(i64, String)>,
-) -> Result<Response, ApiError> {
+async fn download_artifact(State(app): State<AppState>, P((id, path)): P<(i64, String)>) -> Result<Response, ApiError> {
     let run = find_run(&app, id).await?;
     // Only recorded artifacts are served, so the path cannot wander outside the run directory.
     let artifact = artifacts::get(&app.store.pool, id, &path)
@@ -426,7 +441,8 @@ async fn download_artifact(
         .map_err(|e| ApiError::NotFound(format!("artifact '{path}' of run {id} is no longer on disk: {e}")))?;
     let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
     let mime = mime_guess::from_path(&artifact.path).first_or_octet_stream();
-    let file_name = FsPath::new(&artifact.path).file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
+    let file_name =
+        FsPath::new(&artifact.path).file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
     let mut resp = Body::from_stream(ReaderStream::new(file)).into_response();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(mime.as_ref()).map_err(anyhow::Error::from)?);

@@ -100,17 +100,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        let is_json =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)".into()));
+            return Err(ApiError::UnsupportedMediaType(
+                "the request body must be JSON (Content-Type: application/json)".into(),
+            ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest { message: format!("cannot read the request body: {}", e.body_text()), field: None })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| ApiError::BadRequest {
+            message: format!("cannot read the request body: {}", e.body_text()),
+            field: None,
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
 }

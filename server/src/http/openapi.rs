@@ -59,15 +59,22 @@ fn sse(summary: &str, what: &str) -> Value {
         summary,
         vec![
             id_param(what),
-            query("after", "Send events with a sequence number greater than this (default 0: all)", json!({"type": "integer"})),
+            query(
+                "after",
+                "Send events with a sequence number greater than this (default 0: all)",
+                json!({"type": "integer"}),
+            ),
             json!({ "name": "Last-Event-ID", "in": "header", "required": false,
                     "description": "Set by reconnecting clients; wins over `after`", "schema": { "type": "integer" } }),
         ],
         None,
         vec![
-            ("200", json!({ "description": "text/event-stream; each event: `id` = sequence number, `event` = type \
+            (
+                "200",
+                json!({ "description": "text/event-stream; each event: `id` = sequence number, `event` = type \
                 (status, started, metrics, progress, log, artifact, certificate), `data` = RunEvent JSON",
-                "content": { "text/event-stream": { "schema": schema_ref("RunEvent") } } })),
+                "content": { "text/event-stream": { "schema": schema_ref("RunEvent") } } }),
+            ),
             ("404", error("Unknown id")),
         ],
     )
@@ -95,62 +102,57 @@ pub fn spec() -> Value {
     let mut exp_run_filters = vec![id_param("Experiment")];
     exp_run_filters.extend(run_filters.iter().filter(|p| p["name"] != "experiment_id").cloned());
 
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "CRT Lab API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Experiments and runs of randomized-smoothing training, Certified Robustness Transfer and certification. \
-                Times are Unix seconds. Errors are JSON {\"error\", \"field\"?}. See docs/api.md."
-        },
-        "paths": {
-            "/api/v1/health": { "get": op("Liveness and database check", vec![], None, vec![("200", ok("OK", json!({"type": "object"})))]) },
-            "/api/v1/experiments": {
+    let mut paths = Map::new();
+    paths.insert("/api/v1/health".into(), json!({ "get": op("Liveness and database check", vec![], None, vec![("200", ok("OK", json!({"type": "object"})))]) }));
+    paths.insert("/api/v1/experiments".into(), json!({
                 "get": op("List experiments", vec![], None, vec![("200", ok("Experiments", json!({"type": "array", "items": schema_ref("Experiment")})))]),
                 "post": op("Create an experiment", vec![], Some(json_body(schema_ref("NewExperiment"))), vec![
                     ("201", ok("Created", schema_ref("Experiment"))), ("400", error("Malformed JSON")), ("422", error("Invalid field"))]),
-            },
-            "/api/v1/experiments/{id}": {
+            }));
+    paths.insert("/api/v1/experiments/{id}".into(), json!({
                 "get": op("Get an experiment", vec![id_param("Experiment")], None, vec![("200", ok("The experiment", schema_ref("Experiment"))), ("404", error("Unknown id"))]),
                 "patch": op("Update name, description or tags", vec![id_param("Experiment")], Some(json_body(schema_ref("ExperimentPatch"))), vec![
                     ("200", ok("Updated", schema_ref("Experiment"))), ("404", error("Unknown id")), ("422", error("Invalid field"))]),
                 "delete": op("Delete an experiment with its runs, their rows and files", vec![id_param("Experiment")], None, vec![
                     ("204", json!({"description": "Deleted"})), ("404", error("Unknown id")), ("409", error("It has queued or running runs"))]),
-            },
-            "/api/v1/experiments/{id}/runs": {
+            }));
+    paths.insert("/api/v1/experiments/{id}/runs".into(), json!({
                 "get": op("List an experiment's runs", exp_run_filters, None, vec![("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/experiments/{id}/events": { "get": sse("Live events of all runs of an experiment (SSE)", "Experiment") },
-            "/api/v1/runs": {
+            }));
+    paths.insert(
+        "/api/v1/experiments/{id}/events".into(),
+        json!({ "get": sse("Live events of all runs of an experiment (SSE)", "Experiment") }),
+    );
+    paths.insert("/api/v1/runs".into(), json!({
                 "get": op("List runs with filters and sorting", run_filters, None, vec![
                     ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), ("400", error("Bad filter"))]),
                 "post": op("Create (queue) a run; the server fills in out_dir, dataset dir, teacher/model and resume", vec![],
                     Some(json_body(schema_ref("CreateRun"))), vec![
                     ("201", ok("Queued", schema_ref("Run"))), ("400", error("Malformed JSON")),
                     ("415", error("Not JSON")), ("422", error("Invalid field: `field` names it, e.g. config.method.sigma"))]),
-            },
-            "/api/v1/runs/{id}": {
+            }));
+    paths.insert("/api/v1/runs/{id}".into(), json!({
                 "get": op("Get a run with its latest metric values", vec![id_param("Run")], None, vec![("200", ok("The run", schema_ref("Run"))), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/stop": {
+            }));
+    paths.insert("/api/v1/runs/{id}/stop".into(), json!({
                 "post": op("Stop a run: a queued one at once; a running one gets SIGTERM (it checkpoints), then SIGKILL after the grace period",
                     vec![id_param("Run")], None, vec![
                     ("202", ok("Stop requested; poll or stream until status is stopped", schema_ref("Run"))),
                     ("404", error("Unknown id")), ("409", error("Not queued or running"))]),
-            },
-            "/api/v1/runs/{id}/resume": {
+            }));
+    paths.insert("/api/v1/runs/{id}/resume".into(), json!({
                 "post": op("Resume a stopped or crashed train/transfer run from its checkpoint (same id, metrics kept)",
                     vec![id_param("Run")], None, vec![
                     ("202", ok("Queued again", schema_ref("Run"))), ("404", error("Unknown id")), ("409", error("Not resumable"))]),
-            },
-            "/api/v1/runs/{id}/metrics": {
+            }));
+    paths.insert("/api/v1/runs/{id}/metrics".into(), json!({
                 "get": op("Metric history, optionally downsampled (each bucket keeps min, max and last)", vec![
                     id_param("Run"),
                     query("keys", "Comma-separated metric keys (default: all)", json!({"type": "string"})),
                     query("points", "At most this many points per key (>= 3; default: all)", json!({"type": "integer"})),
                 ], None, vec![("200", ok("History", schema_ref("MetricHistory"))), ("400", error("Unknown key or bad points")), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/logs": {
+            }));
+    paths.insert("/api/v1/runs/{id}/logs".into(), json!({
                 "get": op("Log lines (stdout, stderr, trainer log events, server notes), paged by id", vec![
                     id_param("Run"),
                     query("after", "Lines with id greater than this", json!({"type": "integer"})),
@@ -159,34 +161,43 @@ pub fn spec() -> Value {
                     query("tail", "The newest lines instead of the oldest", json!({"type": "boolean"})),
                     query("limit", "1..10000, default 500", json!({"type": "integer"})),
                 ], None, vec![("200", ok("A page of lines", schema_ref("LogPage"))), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/artifacts": {
+            }));
+    paths.insert("/api/v1/runs/{id}/artifacts".into(), json!({
                 "get": op("Files the run wrote, with size and sha256", vec![id_param("Run")], None, vec![
                     ("200", ok("Artifacts", json!({"type": "array", "items": schema_ref("Artifact")}))), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/artifacts/{path}": {
+            }));
+    paths.insert("/api/v1/runs/{id}/artifacts/{path}".into(), json!({
                 "get": op("Download an artifact (streamed, with Content-Type and Content-Length)", vec![
                     id_param("Run"),
                     json!({"name": "path", "in": "path", "required": true, "description": "Artifact path as listed (may contain '/')", "schema": {"type": "string"}}),
                 ], None, vec![
                     ("200", json!({"description": "The file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})),
                     ("404", error("Unknown run or artifact"))]),
-            },
-            "/api/v1/runs/{id}/certificates": {
+            }));
+    paths.insert("/api/v1/runs/{id}/certificates".into(), json!({
                 "get": op("Per-image certification results, by image index", vec![
                     id_param("Run"),
                     query("after", "Images with index greater than this", json!({"type": "integer"})),
                     query("limit", "1..100000, default 10000", json!({"type": "integer"})),
                 ], None, vec![("200", ok("Results", json!({"type": "array", "items": schema_ref("Certificate")}))), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/certificates/summary": {
+            }));
+    paths.insert("/api/v1/runs/{id}/certificates/summary".into(), json!({
                 "get": op("Certified accuracy by radius and average certified radius (ACR)", vec![
                     id_param("Run"),
                     query("radii", "Comma-separated radii (default 0, 0.25, … up to the largest radius, at least 1)", json!({"type": "string"})),
                 ], None, vec![("200", ok("Summary", schema_ref("CertSummary"))), ("400", error("Bad radii")), ("404", error("Unknown id"))]),
-            },
-            "/api/v1/runs/{id}/events": { "get": sse("Live events of one run (SSE)", "Run") },
+            }));
+    paths.insert("/api/v1/runs/{id}/events".into(), json!({ "get": sse("Live events of one run (SSE)", "Run") }));
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CRT Lab API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Experiments and runs of randomized-smoothing training, Certified Robustness Transfer and certification. \
+                Times are Unix seconds. Errors are JSON {\"error\", \"field\"?}. See docs/api.md."
         },
+        "paths": Value::Object(paths),
         "components": { "schemas": schemas(&statuses, &kinds) }
     })
 }
@@ -196,29 +207,35 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
     let int = json!({"type": "integer"});
     let str_ = json!({"type": "string"});
     let opt = |t: &str| json!({"type": [t, "null"]});
-    json!({
-        "Error": { "type": "object", "required": ["error"], "properties": {
+    let mut s = Map::new();
+    s.insert("Error".into(), json!({ "type": "object", "required": ["error"], "properties": {
             "error": { "type": "string", "description": "What is wrong and what is allowed" },
-            "field": { "type": "string", "description": "The request field to blame, e.g. config.method.sigma, parents[0]" } } },
-        "NewExperiment": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } },
-        "ExperimentPatch": { "type": "object", "additionalProperties": false, "properties": {
-            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } },
-        "Experiment": { "type": "object", "properties": {
+            "field": { "type": "string", "description": "The request field to blame, e.g. config.method.sigma, parents[0]" } } }));
+    s.insert(
+        "NewExperiment".into(),
+        json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } }),
+    );
+    s.insert(
+        "ExperimentPatch".into(),
+        json!({ "type": "object", "additionalProperties": false, "properties": {
+            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } }),
+    );
+    s.insert("Experiment".into(), json!({ "type": "object", "properties": {
             "id": int, "name": str_, "description": str_, "tags": { "type": "array", "items": str_ },
             "created_at": num, "updated_at": num,
             "run_counts": { "type": "object", "additionalProperties": int, "description": "Runs by status" },
-            "last_seq": { "type": "integer", "description": "Newest event sequence number (single experiment only)" } } },
-        "CreateRun": { "type": "object", "required": ["experiment_id", "config"], "additionalProperties": false, "properties": {
+            "last_seq": { "type": "integer", "description": "Newest event sequence number (single experiment only)" } } }));
+    s.insert("CreateRun".into(), json!({ "type": "object", "required": ["experiment_id", "config"], "additionalProperties": false, "properties": {
             "experiment_id": int,
             "name": { "type": "string", "description": "Default: '<kind> <arch> <method> <dataset> #<id>'" },
             "parents": { "type": "array", "items": int, "description": "transfer: [teacher run]; certify/predict: [model run]; train: []" },
-            "config": schema_ref("RunConfig") } },
-        "RunConfig": { "type": "object", "required": ["kind"], "description":
+            "config": schema_ref("RunConfig") } }));
+    s.insert("RunConfig".into(), json!({ "type": "object", "required": ["kind"], "description":
             "The trainer's RunConfig (crt_trainer::config), tagged by kind. The server sets out_dir, data.data_dir / data_dir, \
              teacher (transfer), model (certify/predict with a parent) and resume.",
-            "properties": { "kind": { "type": "string", "enum": kinds } } },
-        "Run": { "type": "object", "properties": {
+            "properties": { "kind": { "type": "string", "enum": kinds } } }));
+    s.insert("Run".into(), json!({ "type": "object", "properties": {
             "id": int, "experiment_id": int, "name": str_, "kind": { "type": "string", "enum": kinds },
             "status": { "type": "string", "enum": statuses },
             "config": schema_ref("RunConfig"), "resolved_config": { "description": "As the trainer resolved it (all defaults)" },
@@ -232,36 +249,54 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "progress": { "type": ["object", "null"], "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
             "resumable": { "type": "boolean" },
-            "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } },
-        "MetricPoint": { "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num, "value": num } },
-        "MetricHistory": { "type": "object", "properties": {
+            "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
+    s.insert(
+        "MetricPoint".into(),
+        json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num, "value": num } }),
+    );
+    s.insert(
+        "MetricHistory".into(),
+        json!({ "type": "object", "properties": {
             "run_id": int,
             "metrics": { "type": "object", "additionalProperties": { "type": "object", "properties": {
                 "total": int, "downsampled": { "type": "boolean" },
-                "points": { "type": "array", "items": schema_ref("MetricPoint") } } } } } },
-        "LogLine": { "type": "object", "properties": {
+                "points": { "type": "array", "items": schema_ref("MetricPoint") } } } } } }),
+    );
+    s.insert(
+        "LogLine".into(),
+        json!({ "type": "object", "properties": {
             "id": int, "ts": num, "stream": { "type": "string", "enum": ["stdout", "stderr", "trainer", "server"] },
-            "level": opt("string"), "line": str_ } },
-        "LogPage": { "type": "object", "properties": {
+            "level": opt("string"), "line": str_ } }),
+    );
+    s.insert(
+        "LogPage".into(),
+        json!({ "type": "object", "properties": {
             "lines": { "type": "array", "items": schema_ref("LogLine") },
-            "next_after": { "type": "integer", "description": "Pass as `after` for the next page" } } },
-        "Artifact": { "type": "object", "properties": {
+            "next_after": { "type": "integer", "description": "Pass as `after` for the next page" } } }),
+    );
+    s.insert("Artifact".into(), json!({ "type": "object", "properties": {
             "path": str_, "kind": { "type": "string", "enum": ["model", "metadata", "checkpoint", "certificates", "summary", "other"] },
-            "size": int, "sha256": str_, "ts": num } },
-        "Certificate": { "type": "object", "properties": {
+            "size": int, "sha256": str_, "ts": num } }));
+    s.insert(
+        "Certificate".into(),
+        json!({ "type": "object", "properties": {
             "idx": int, "label": int, "predict": { "type": "integer", "description": "-1: abstained" },
             "radius": opt("number"), "correct": { "type": "boolean" }, "count_a": opt("integer"),
-            "p_lower": opt("number"), "time": num } },
-        "CertSummary": { "type": "object", "properties": {
+            "p_lower": opt("number"), "time": num } }),
+    );
+    s.insert(
+        "CertSummary".into(),
+        json!({ "type": "object", "properties": {
             "n": int, "accuracy": num, "abstain_rate": num, "acr": num, "mean_time_s": num,
             "radii": { "type": "array", "items": { "type": "object", "properties": {
-                "radius": num, "certified_accuracy": num, "count": int } } } } },
-        "RunEvent": { "type": "object", "required": ["seq", "run_id", "experiment_id", "ts", "type"], "properties": {
+                "radius": num, "certified_accuracy": num, "count": int } } } } }),
+    );
+    s.insert("RunEvent".into(), json!({ "type": "object", "required": ["seq", "run_id", "experiment_id", "ts", "type"], "properties": {
             "seq": int, "run_id": int, "experiment_id": int, "ts": num,
             "type": { "type": "string", "enum": ["status", "started", "metrics", "progress", "log", "artifact", "certificate"] } },
             "additionalProperties": true,
             "description": "status: {status, error?, exit_code?, exit_signal?, pid?}; metrics: {step, epoch, values}; \
                 progress: {phase, done, total, unit}; log: {id, stream, level, line}; artifact: Artifact; certificate: Certificate; \
-                started: {version, device, threads, resumed_from_step}" }
-    })
+                started: {version, device, threads, resumed_from_step}" }));
+    Value::Object(s)
 }

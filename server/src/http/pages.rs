@@ -91,7 +91,9 @@ fn parse_id(raw: &str, what: &str) -> Result<i64, PageError> {
 }
 
 async fn find_experiment(app: &AppState, id: i64) -> Result<Experiment, PageError> {
-    experiments::get(&app.store.pool, id).await?.ok_or_else(|| PageError::NotFound(format!("experiment {id} does not exist")))
+    experiments::get(&app.store.pool, id)
+        .await?
+        .ok_or_else(|| PageError::NotFound(format!("experiment {id} does not exist")))
 }
 
 // ---------- experiments ----------
@@ -172,7 +174,9 @@ async fn launch_page(
         Some("transfer") => "transfer",
         Some("certify") => "certify",
         Some(other) => {
-            return Err(PageError::BadRequest(format!("kind: unknown form '{other}'; expected train, transfer or certify")))
+            return Err(PageError::BadRequest(format!(
+                "kind: unknown form '{other}'; expected train, transfer or certify"
+            )))
         }
     };
     let forms = LaunchForms::load(&app, id, q.parent).await?;
@@ -202,7 +206,8 @@ impl RunPage {
 
 async fn run_page(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Response, PageError> {
     let id = parse_id(&raw, "run")?;
-    let view = data::run_view(&app, id).await?.ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
+    let view =
+        data::run_view(&app, id).await?.ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
     let experiment = find_experiment(&app, view.run.experiment_id).await?;
     let parents = data::briefs(&app, &view.run.parents).await?;
     let children = data::briefs(&app, &runs::children_of(&app.store.pool, id).await?).await?;
@@ -256,9 +261,10 @@ fn parse_run_list(raw: &str) -> Result<Vec<i64>, PageError> {
     }
     match ids.len() {
         0 => Err(PageError::BadRequest("runs: name the runs to compare, e.g. /compare?runs=1,2,3".into())),
-        n if n > data::MAX_COMPARE => {
-            Err(PageError::BadRequest(format!("runs: at most {} runs can be compared at once (got {n})", data::MAX_COMPARE)))
-        }
+        n if n > data::MAX_COMPARE => Err(PageError::BadRequest(format!(
+            "runs: at most {} runs can be compared at once (got {n})",
+            data::MAX_COMPARE
+        ))),
         _ => Ok(ids),
     }
 }

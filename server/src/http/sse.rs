@@ -104,7 +104,12 @@ fn stream(app: &AppState, scope: Scope, after: i64) -> Sse<impl Stream<Item = Re
 
 /// Sends the stored events after `last`, advancing it. Err when the client is gone or the
 /// database failed (the stream then ends and the client reconnects).
-async fn replay(store: &Store, scope: Scope, last: &mut i64, tx: &mpsc::Sender<Result<Event, Infallible>>) -> Result<(), ()> {
+async fn replay(
+    store: &Store,
+    scope: Scope,
+    last: &mut i64,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) -> Result<(), ()> {
     loop {
         let page = journal::read_after(&store.pool, scope, *last, PAGE).await.map_err(|e| {
             tracing::error!("replaying events failed: {e:#}");

@@ -37,7 +37,9 @@ pub fn spawn_trainer(trainer_bin: &Path, run_dir: &Path, config: &serde_json::Va
         .process_group(0)
         .kill_on_drop(false)
         .spawn()
-        .with_context(|| format!("cannot start the trainer {} (set --trainer-bin or CRT_TRAINER_BIN)", trainer_bin.display()))
+        .with_context(|| {
+            format!("cannot start the trainer {} (set --trainer-bin or CRT_TRAINER_BIN)", trainer_bin.display())
+        })
 }
 
 pub fn config_path(run_dir: &Path) -> PathBuf {
@@ -71,7 +73,10 @@ pub fn is_run_trainer(pid: i32, pgid: i32, run_dir: &Path) -> bool {
 pub fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
         Err(_) => false,
     }
 }

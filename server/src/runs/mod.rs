@@ -111,7 +111,9 @@ impl RunManager {
     pub async fn create(&self, req: CreateRunRequest) -> Result<Run, RunError> {
         let pool = &self.store.pool;
         if store::experiments::get(pool, req.experiment_id).await?.is_none() {
-            return Err(FieldError::new("experiment_id", format!("experiment {} does not exist", req.experiment_id)).into());
+            return Err(
+                FieldError::new("experiment_id", format!("experiment {} does not exist", req.experiment_id)).into()
+            );
         }
         let mut parents = Vec::new();
         for (i, id) in req.parents.iter().enumerate() {
@@ -124,15 +126,20 @@ impl RunManager {
             }
         }
         let name = match req.name.as_deref().map(str::trim) {
-            Some("") => return Err(FieldError::new("name", "must not be empty (or leave it out for a default name)").into()),
-            Some(n) if n.chars().count() > 200 => return Err(FieldError::new("name", "must be at most 200 characters").into()),
+            Some("") => {
+                return Err(FieldError::new("name", "must not be empty (or leave it out for a default name)").into())
+            }
+            Some(n) if n.chars().count() > 200 => {
+                return Err(FieldError::new("name", "must be at most 200 characters").into())
+            }
             other => other.map(str::to_string),
         };
         let checked = validate::check_config(&req.config, &parents, &self.settings.datasets_dir)?;
 
         let mut w = self.store.write().await?;
         let now = unix_now();
-        let id = store::runs::insert(w.conn(), req.experiment_id, "", checked.kind.as_str(), &checked.columns, now).await?;
+        let id =
+            store::runs::insert(w.conn(), req.experiment_id, "", checked.kind.as_str(), &checked.columns, now).await?;
         let out_dir = self.settings.run_dir(id);
         let name = name.unwrap_or_else(|| format!("{} #{id}", checked.default_name()));
         let config = checked.with_out_dir(&out_dir);
@@ -145,7 +152,9 @@ impl RunManager {
     }
 
     pub async fn get(&self, id: i64) -> Result<Run, RunError> {
-        store::runs::get(&self.store.pool, id).await?.ok_or_else(|| RunError::NotFound(format!("run {id} does not exist")))
+        store::runs::get(&self.store.pool, id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(format!("run {id} does not exist")))
     }
 
     /// Stops a queued run at once, or asks a running trainer to stop (SIGTERM, then SIGKILL
@@ -290,7 +299,10 @@ impl RunManager {
         };
         let pid = child.id().expect("a just-spawned child has a pid") as i32;
         let stop_requested = Arc::new(AtomicBool::new(false));
-        self.active.lock().expect("active runs lock").insert(run.id, Active { pgid: pid, stop_requested: stop_requested.clone() });
+        self.active
+            .lock()
+            .expect("active runs lock")
+            .insert(run.id, Active { pgid: pid, stop_requested: stop_requested.clone() });
         let recorded = async {
             let mut w = self.store.write().await?;
             store::runs::set_running(w.conn(), run.id, pid.into(), pid.into(), unix_now()).await?;
@@ -324,7 +336,9 @@ impl RunManager {
         if let Some(err) = child.stderr.take() {
             readers.push(tokio::spawn(ingest::read_lines(BufReader::new(err), Source::Stderr, tx)));
         }
-        let ingest = tokio::spawn(Ingest::new(self.store.clone(), run.id, run.experiment_id, run.out_dir.clone().into()).run(rx));
+        let ingest = tokio::spawn(
+            Ingest::new(self.store.clone(), run.id, run.experiment_id, run.out_dir.clone().into()).run(rx),
+        );
 
         let exit = match child.wait().await {
             Ok(st) => status::Exit { code: st.code(), signal: st.signal() },
@@ -375,8 +389,13 @@ impl RunManager {
         };
         let level = if end.status == RunStatus::Finished { "info" } else { "warn" };
         let log_id = store::logs::insert(w.conn(), run.id, now, "server", Some(level), &note).await?;
-        w.journal(run.id, run.experiment_id, "log", json!({ "id": log_id, "stream": "server", "level": level, "line": note }))
-            .await?;
+        w.journal(
+            run.id,
+            run.experiment_id,
+            "log",
+            json!({ "id": log_id, "stream": "server", "level": level, "line": note }),
+        )
+        .await?;
         let data = json!({
             "status": end.status.as_str(),
             "exit_code": end.exit_code,
@@ -413,7 +432,13 @@ impl RunManager {
                 (Some(s), Some(l)) if l > s => l - s,
                 _ => 0.0,
             };
-            let end = Ending { status: RunStatus::Crashed, exit_code: None, exit_signal: None, error: Some(error), wall_time_s: wall };
+            let end = Ending {
+                status: RunStatus::Crashed,
+                exit_code: None,
+                exit_signal: None,
+                error: Some(error),
+                wall_time_s: wall,
+            };
             self.record_ending(&run, &end).await?;
         }
         Ok(())

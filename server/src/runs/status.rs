@@ -96,29 +96,28 @@ pub fn classify(
         _ if stop_requested => {
             let note = match (exit.signal, terminal) {
                 (_, Some(Terminal::Stopped)) => None,
-                (Some(sig), _) => Some(format!("stopped: the trainer did not exit in time and was killed ({})", signal_name(sig))),
+                (Some(sig), _) => {
+                    Some(format!("stopped: the trainer did not exit in time and was killed ({})", signal_name(sig)))
+                }
                 _ => Some("stopped before the trainer reported it".to_string()),
             };
             (RunStatus::Stopped, note)
         }
-        (Some(0), Some(Terminal::Stopped)) => (RunStatus::Stopped, Some("the trainer was stopped by a signal from outside the server".into())),
+        (Some(0), Some(Terminal::Stopped)) => {
+            (RunStatus::Stopped, Some("the trainer was stopped by a signal from outside the server".into()))
+        }
         (_, Some(Terminal::Failed(msg))) => (RunStatus::Failed, Some(format!("{msg}{}", tail()))),
         (None, _) => {
             let sig = exit.signal.map(signal_name).unwrap_or_else(|| "an unknown signal".into());
             (RunStatus::Crashed, Some(format!("the trainer was killed by {sig}{}", tail())))
         }
-        (Some(0), _) => {
-            (RunStatus::Failed, Some(format!("the trainer exited with status 0 without reporting `finished`{}", tail())))
-        }
+        (Some(0), _) => (
+            RunStatus::Failed,
+            Some(format!("the trainer exited with status 0 without reporting `finished`{}", tail())),
+        ),
         (Some(code), _) => (RunStatus::Failed, Some(format!("the trainer exited with status {code}{}", tail()))),
     };
-    Ending {
-        status,
-        exit_code: exit.code.map(i64::from),
-        exit_signal: exit.signal.map(i64::from),
-        error,
-        wall_time_s,
-    }
+    Ending { status, exit_code: exit.code.map(i64::from), exit_signal: exit.signal.map(i64::from), error, wall_time_s }
 }
 
 pub fn signal_name(sig: i32) -> String {
@@ -139,7 +138,8 @@ mod tests {
     fn finished_needs_exit_zero_and_the_event() {
         assert_eq!(classify(OK, Some(&Terminal::Finished), false, &[], 1.0).status, RunStatus::Finished);
         assert_eq!(classify(OK, None, false, &[], 1.0).status, RunStatus::Failed);
-        let e = classify(Exit { code: Some(101), signal: None }, Some(&Terminal::Finished), false, &["panic".into()], 1.0);
+        let e =
+            classify(Exit { code: Some(101), signal: None }, Some(&Terminal::Finished), false, &["panic".into()], 1.0);
         assert_eq!(e.status, RunStatus::Failed);
         assert!(e.error.unwrap().contains("status 101"));
     }
@@ -156,7 +156,8 @@ mod tests {
 
     #[test]
     fn a_reported_failure_keeps_its_message() {
-        let e = classify(Exit { code: Some(1), signal: None }, Some(&Terminal::Failed("no data".into())), false, &[], 1.0);
+        let e =
+            classify(Exit { code: Some(1), signal: None }, Some(&Terminal::Failed("no data".into())), false, &[], 1.0);
         assert_eq!(e.status, RunStatus::Failed);
         assert!(e.error.unwrap().starts_with("no data"));
     }

@@ -154,7 +154,9 @@ fn fill_paths(kind: RunKind, config: &mut Value, parent: Option<&Run>, datasets_
                 Some(Value::Object(data)) => {
                     data.insert("data_dir".into(), json!(datasets_dir));
                 }
-                Some(_) => return Err(FieldError::new("config.data", "must be an object like {\"dataset\": \"mnist\"}")),
+                Some(_) => {
+                    return Err(FieldError::new("config.data", "must be an object like {\"dataset\": \"mnist\"}"))
+                }
                 None => return Err(FieldError::new("config.data", "missing; e.g. {\"dataset\": \"mnist\"}")),
             }
             config["resume"] = json!(false);
@@ -219,7 +221,9 @@ pub fn resume_config(run: &Run) -> Result<Value, String> {
             config["resume"] = json!(true);
             Ok(config)
         }
-        other => Err(format!("a {other} run cannot be resumed (only train and transfer runs have checkpoints); create a new run instead")),
+        other => Err(format!(
+            "a {other} run cannot be resumed (only train and transfer runs have checkpoints); create a new run instead"
+        )),
     }
 }
 
@@ -285,10 +289,16 @@ mod tests {
         assert_eq!(e.field, "config.method.sigma");
         let e = check(train(json!({"name": "gaussian", "sigma": -1.0})), &[]);
         assert_eq!(e.field, "config.method.sigma");
-        let e = check(json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg", "method": {"name": "standard"}}), &[]);
+        let e = check(
+            json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg", "method": {"name": "standard"}}),
+            &[],
+        );
         assert_eq!(e.field, "config.arch", "{e}");
         assert!(e.message.contains("lenet"), "{e}");
-        let e = check(json!({"kind": "train", "data": {"dataset": "svhn"}, "arch": "lenet", "method": {"name": "standard"}}), &[]);
+        let e = check(
+            json!({"kind": "train", "data": {"dataset": "svhn"}, "arch": "lenet", "method": {"name": "standard"}}),
+            &[],
+        );
         assert_eq!(e.field, "config.data.dataset", "{e}");
         assert!(e.message.contains("mnist"), "{e}");
         let e = check(json!({"kind": "fly"}), &[]);

@@ -63,10 +63,8 @@ pub async fn create(store: &Store, name: &str, description: &str, tags: &[String
 }
 
 pub async fn get(pool: &AnyPool, id: i64) -> anyhow::Result<Option<Experiment>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM experiments WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM experiments WHERE id = $1")).bind(id).fetch_optional(pool).await?;
     let Some(row) = row else { return Ok(None) };
     let mut exp = from_row(&row)?;
     exp.run_counts = run_counts(pool, Some(id)).await?.remove(&id).unwrap_or_default();

@@ -117,5 +117,9 @@ pub async fn last_seq(pool: &AnyPool, scope: Scope) -> anyhow::Result<i64> {
 
 /// When the run's newest journal entry was written.
 pub async fn last_ts(pool: &AnyPool, run_id: i64) -> anyhow::Result<Option<f64>> {
-    Ok(sqlx::query("SELECT MAX(ts) AS ts FROM run_events WHERE run_id = $1").bind(run_id).fetch_one(pool).await?.try_get("ts")?)
+    Ok(sqlx::query("SELECT MAX(ts) AS ts FROM run_events WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?
+        .try_get("ts")?)
 }

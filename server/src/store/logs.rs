@@ -50,7 +50,8 @@ pub struct LogQuery {
 }
 
 pub async fn read(pool: &AnyPool, run_id: i64, q: &LogQuery) -> anyhow::Result<Vec<LogLine>> {
-    let mut sql = String::from("SELECT id, ts, stream, level, line FROM logs WHERE run_id = $1 AND id > $2 AND id < $3");
+    let mut sql =
+        String::from("SELECT id, ts, stream, level, line FROM logs WHERE run_id = $1 AND id > $2 AND id < $3");
     if q.stream.is_some() {
         sql.push_str(" AND stream = $5");
     }

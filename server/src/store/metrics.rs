@@ -54,7 +54,12 @@ pub async fn latest(pool: &AnyPool, run_id: i64) -> anyhow::Result<BTreeMap<Stri
 }
 
 fn point(r: &sqlx::any::AnyRow) -> anyhow::Result<MetricPoint> {
-    Ok(MetricPoint { step: r.try_get("step")?, epoch: r.try_get("epoch")?, ts: r.try_get("ts")?, value: r.try_get("value")? })
+    Ok(MetricPoint {
+        step: r.try_get("step")?,
+        epoch: r.try_get("epoch")?,
+        ts: r.try_get("ts")?,
+        value: r.try_get("value")?,
+    })
 }
 
 /// The keys a run has metrics for.

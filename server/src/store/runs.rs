@@ -142,7 +142,13 @@ pub async fn insert(
     Ok(id)
 }
 
-pub async fn set_config(conn: &mut AnyConnection, id: i64, name: &str, config: &Value, out_dir: &str) -> anyhow::Result<()> {
+pub async fn set_config(
+    conn: &mut AnyConnection,
+    id: i64,
+    name: &str,
+    config: &Value,
+    out_dir: &str,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE runs SET name = $1, config = $2, out_dir = $3 WHERE id = $4")
         .bind(name)
         .bind(config.to_string())
@@ -166,7 +172,8 @@ pub async fn insert_parents(conn: &mut AnyConnection, id: i64, parents: &[i64]) 
 }
 
 pub async fn get(pool: &AnyPool, id: i64) -> anyhow::Result<Option<Run>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM runs r WHERE r.id = $1")).bind(id).fetch_optional(pool).await?;
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM runs r WHERE r.id = $1")).bind(id).fetch_optional(pool).await?;
     let Some(row) = row else { return Ok(None) };
     let mut run = from_row(&row)?;
     run.parents = parents_of(pool, &[id]).await?.remove(&id).unwrap_or_default();

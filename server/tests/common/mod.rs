@@ -51,7 +51,8 @@ pub fn trainer_bin() -> PathBuf {
 pub fn datasets_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::var("CRT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/crt-data"));
+        let dir =
+            std::env::var("CRT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/crt-data"));
         std::fs::create_dir_all(&dir).expect("creating the dataset cache");
         let lock = std::fs::File::create(dir.join(".fetch.lock")).expect("dataset lock file");
         lock.lock().expect("locking the dataset cache");
@@ -240,7 +241,8 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let resp = self.http.post(self.url(path)).json(body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let resp =
+            self.http.post(self.url(path)).json(body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
         split(resp).await
     }
 
@@ -263,8 +265,9 @@ impl Server {
     }
 
     pub async fn create_run(&self, experiment: i64, parents: &[i64], config: Value) -> i64 {
-        let (st, body) =
-            self.post("/api/v1/runs", &json!({ "experiment_id": experiment, "parents": parents, "config": config })).await;
+        let (st, body) = self
+            .post("/api/v1/runs", &json!({ "experiment_id": experiment, "parents": parents, "config": config }))
+            .await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
         body["id"].as_i64().unwrap()
     }
@@ -285,7 +288,10 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let logs = self.get(&format!("/api/v1/runs/{id}/logs?tail=true&limit=40")).await.1;
-                panic!("run {id}: timed out waiting for {what}; run: {run:#}\nrun logs: {logs:#}\nserver log:\n{}", self.log());
+                panic!(
+                    "run {id}: timed out waiting for {what}; run: {run:#}\nrun logs: {logs:#}\nserver log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -348,7 +354,8 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(server: &Server, path: &str, last_event_id: Option<i64>) -> SseClient {
-        let mut req = server.http.get(server.url(path)).header("accept", "text/event-stream").timeout(Duration::from_secs(3600));
+        let mut req =
+            server.http.get(server.url(path)).header("accept", "text/event-stream").timeout(Duration::from_secs(3600));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }

@@ -58,10 +58,7 @@ fn summary(dataset: Dataset, data_dir: &Path, outcome: &FetchOutcome) -> String 
         }
     }
     for path in &outcome.kept {
-        lines.push(format!(
-            "kept {}: it is not the pinned file (your own data?); --force replaces it",
-            path.display()
-        ));
+        lines.push(format!("kept {}: it is not the pinned file (your own data?); --force replaces it", path.display()));
     }
     lines.join("\n")
 }

@@ -55,7 +55,7 @@ pub(super) fn load_split(data_dir: &Path, train: bool) -> Result<Split, DataErro
 
 /// Checks and appends the records of one batch file.
 fn append_records(bytes: &[u8], path: &Path, pixels: &mut Vec<f32>, labels: &mut Vec<u8>) -> Result<(), DataError> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD_BYTES) {
         return Err(DataError::RecordSize {
             path: path.to_path_buf(),
             record: CIFAR_RECORD_BYTES,

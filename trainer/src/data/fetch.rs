@@ -117,10 +117,9 @@ pub fn ensure_dataset(dataset: Dataset, data_dir: &Path) -> anyhow::Result<()> {
 /// Whether the loader would find every file of both splits.
 fn all_present(dataset: Dataset, data_dir: &Path) -> bool {
     match dataset {
-        Dataset::Cifar10 => [true, false]
-            .into_iter()
-            .flat_map(cifar::split_files)
-            .all(|name| cifar::find_file(data_dir, name).is_ok()),
+        Dataset::Cifar10 => {
+            [true, false].into_iter().flat_map(cifar::split_files).all(|name| cifar::find_file(data_dir, name).is_ok())
+        }
         _ => {
             let dir = dataset_dir(dataset, data_dir);
             let (a, b) = idx_names(true);
@@ -203,7 +202,8 @@ fn inspect(dir: &Path, file: &PinnedFile) -> anyhow::Result<State> {
 
 /// After a forced fetch, removes a copy in the other form (raw vs .gz) that the loader would prefer.
 fn remove_other_form(dir: &Path, file: &PinnedFile) -> anyhow::Result<()> {
-    let other = if file.name.ends_with(".gz") { dir.join(file.idx_name()) } else { dir.join(format!("{}.gz", file.name)) };
+    let other =
+        if file.name.ends_with(".gz") { dir.join(file.idx_name()) } else { dir.join(format!("{}.gz", file.name)) };
     if other.is_file() {
         std::fs::remove_file(&other).with_context(|| format!("cannot remove the replaced file {}", other.display()))?;
     }
@@ -231,4 +231,3 @@ pub(super) fn check_sha256(path: &Path, expected: &str, what: &str) -> anyhow::R
     }
     Ok(())
 }
-

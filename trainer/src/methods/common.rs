@@ -143,7 +143,8 @@ pub fn phi_inv(p: &Tensor) -> Result<Tensor> {
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         candle_core::bail!("PhiInv({}) is not finite; such samples must be filtered out", probs[bad]);
     }
-    let slopes: Vec<f32> = values.iter().map(|v| ((2.0 * std::f64::consts::PI).sqrt() * (v * v / 2.0).exp()) as f32).collect();
+    let slopes: Vec<f32> =
+        values.iter().map(|v| ((2.0 * std::f64::consts::PI).sqrt() * (v * v / 2.0).exp()) as f32).collect();
     let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
     let value = Tensor::from_vec(values, &shape, p.device())?.to_dtype(p.dtype())?;
     let slope = Tensor::from_vec(slopes, &shape, p.device())?.to_dtype(p.dtype())?;

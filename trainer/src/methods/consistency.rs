@@ -12,7 +12,14 @@ const ENTROPY_FLOOR: f64 = 1e-20;
 ///      + (1/B) sum_b [lambda (1/m) sum_i KL(p_bar_b || p_{b,i}) + eta H(p_bar_b)]
 /// with z_{b,i} = f(x_b + noise_{b,i}), p = softmax(z), p_bar_b = (1/m) sum_i p_{b,i} (not detached).
 /// Train mode; noise [B, m, C, H, W].
-pub fn consistency_loss(model: &Model, x: &Tensor, y: &Tensor, noise: &Tensor, lambda: f64, eta: f64) -> Result<Tensor> {
+pub fn consistency_loss(
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    noise: &Tensor,
+    lambda: f64,
+    eta: f64,
+) -> Result<Tensor> {
     let logits = copies_logits(model, x, noise, true)?;
     let ce = copies_cross_entropy(&logits, y)?;
     let log_p = log_softmax(&logits)?;

@@ -42,7 +42,9 @@ pub fn method_costs(
         let step = |rng: &mut StdRng| training_loss(&method, &model, &x, &y, usize::MAX / 2, rng);
         timings.push((name.to_string(), time_steps(steps, step)?));
     }
-    for (name, loss) in [("crt", TransferLoss::default()), ("kd", TransferLoss::Kd { temperature: 4.0, ce_weight: 0.0 })] {
+    for (name, loss) in
+        [("crt", TransferLoss::default()), ("kd", TransferLoss::Kd { temperature: 4.0, ce_weight: 0.0 })]
+    {
         let step = |rng: &mut StdRng| transfer_loss(&loss, &model, &teacher, &x, &y, sigma, rng);
         timings.push((format!("transfer:{name}"), time_steps(steps, step)?));
     }

@@ -38,7 +38,12 @@ pub fn macer_loss(model: &Model, x: &Tensor, y: &Tensor, noise: &Tensor, params:
     let cl = pick(&p_bar, y)?.affine(1.0, 1e-10)?.log()?.neg()?.sum_all()?;
     if params.lambda == 0.0 {
         let loss = cl.affine(1.0 / batch as f64, 0.0)?;
-        return Ok(MacerOutput { loss, correct: vec![false; batch], kept: vec![false; batch], xi: vec![f64::NAN; batch] });
+        return Ok(MacerOutput {
+            loss,
+            correct: vec![false; batch],
+            kept: vec![false; batch],
+            xi: vec![f64::NAN; batch],
+        });
     }
     let q = softmax(&logits.affine(params.beta, 0.0)?)?.mean(1)?;
     let decisions = Decisions::new(&q, y, params.gamma)?;
@@ -60,7 +65,8 @@ impl Decisions {
         let rows = q.to_vec2::<f32>()?;
         let labels = labels_vec(y)?;
         let top: Vec<(usize, usize)> = rows.iter().map(|r| top2(r)).collect();
-        let xi: Vec<f64> = rows.iter().zip(&top).map(|(r, &(a, b))| phi_inv_value(r[a]) - phi_inv_value(r[b])).collect();
+        let xi: Vec<f64> =
+            rows.iter().zip(&top).map(|(r, &(a, b))| phi_inv_value(r[a]) - phi_inv_value(r[b])).collect();
         let correct: Vec<bool> = top.iter().zip(&labels).map(|(&(a, _), &l)| a == l).collect();
         let kept = correct.iter().zip(&xi).map(|(&c, &v)| c && v.is_finite() && v.abs() <= gamma).collect();
         Ok(Decisions { top, correct, kept, xi })

@@ -52,14 +52,22 @@ use crate::noise;
 /// The loss of one training step of `method` on the batch (x, y) at `epoch` (0-based).
 /// Random draws, in order: the noise (one draw per image for gaussian, m or k per image for the
 /// others, [B, n, C, H, W]), then SmoothMix's B mixing coefficients.
-pub fn training_loss(method: &Method, model: &Model, x: &Tensor, y: &Tensor, epoch: usize, rng: &mut StdRng) -> Result<Tensor> {
+pub fn training_loss(
+    method: &Method,
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    epoch: usize,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
     match *method {
         Method::Standard => standard_loss(model, x, y),
         Method::Gaussian { sigma } => gaussian_loss(model, x, y, &noise::gaussian(rng, x.shape(), sigma, x.device())?),
         Method::SmoothAdv { sigma, m, steps, epsilon, warmup_epochs } => {
             let noise = copies_noise(rng, x, m, sigma)?;
             let epsilon = smoothadv_epsilon(epsilon, warmup_epochs, epoch);
-            let x_adv = if epsilon > 0.0 { smoothadv_attack(model, x, y, &noise, epsilon, steps)?.x_adv } else { x.clone() };
+            let x_adv =
+                if epsilon > 0.0 { smoothadv_attack(model, x, y, &noise, epsilon, steps)?.x_adv } else { x.clone() };
             smoothadv_loss(model, &x_adv, y, &noise)
         }
         Method::Macer { sigma, k, lambda, beta, gamma, deferred_epochs } => {

@@ -4,6 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use crate::kernels;
+
 pub struct Lenet {
     conv1: Conv2d,
     conv2: Conv2d,
@@ -26,18 +28,10 @@ impl Lenet {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = max_pool2x2(&self.conv1.forward(x)?.relu()?)?;
-        let x = max_pool2x2(&self.conv2.forward(&x)?.relu()?)?;
+        // Convolution + bias + ReLU and the pooling run as the crate's CPU kernels.
+        let x = kernels::max_pool2d(&kernels::conv_layer(x, &self.conv1, true)?, 2)?;
+        let x = kernels::max_pool2d(&kernels::conv_layer(&x, &self.conv2, true)?, 2)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
-}
-
-/// 2x2 max-pooling with stride 2 (H and W even), as a max over a reshaped view. candle 0.11.1's
-/// `max_pool2d` backward scales the gradient by 1/4 (it multiplies by the share of maxima in the
-/// window instead of dividing by their count), so LeNet gradients were 4x too small at each pool;
-/// the `max` reduction's backward routes the full gradient to the maximum, as PyTorch does.
-fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
 }

@@ -6,6 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 use crate::config::Arch;
+use crate::kernels;
 
 pub fn depth(arch: Arch) -> usize {
     match arch {
@@ -50,13 +51,14 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.conv1.forward(x)?.apply_t(&self.bn1, train)?.relu()?;
-        let out = self.conv2.forward(&out)?.apply_t(&self.bn2, train)?;
+        // Convolution + BatchNorm (+ ReLU) and the residual add + ReLU run as the crate's CPU kernels.
+        let out = kernels::conv_bn(x, &self.conv1, &self.bn1, train, true)?;
+        let out = kernels::conv_bn(&out, &self.conv2, &self.bn2, train, false)?;
         let shortcut = match &self.downsample {
-            Some((c, b)) => c.forward(x)?.apply_t(b, train)?,
+            Some((c, b)) => kernels::conv_bn(x, c, b, train, false)?,
             None => x.clone(),
         };
-        (out + shortcut)?.relu()
+        kernels::add_relu(&out, &shortcut)
     }
 }
 
@@ -89,7 +91,7 @@ impl Resnet {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.conv1.forward(x)?.apply_t(&self.bn1, train)?.relu()?;
+        let mut x = kernels::conv_bn(x, &self.conv1, &self.bn1, train, true)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }

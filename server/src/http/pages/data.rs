@@ -34,7 +34,13 @@ pub struct RunBrief {
 
 impl From<&Run> for RunBrief {
     fn from(r: &Run) -> Self {
-        RunBrief { id: r.id, experiment_id: r.experiment_id, name: r.name.clone(), kind: r.kind.clone(), status: r.status }
+        RunBrief {
+            id: r.id,
+            experiment_id: r.experiment_id,
+            name: r.name.clone(),
+            kind: r.kind.clone(),
+            status: r.status,
+        }
     }
 }
 
@@ -140,7 +146,9 @@ pub struct StreamStart {
 pub async fn experiment_streams(app: &AppState, entries: &[CompareEntry]) -> anyhow::Result<Vec<StreamStart>> {
     let ids: BTreeSet<i64> = entries
         .iter()
-        .flat_map(|e| std::iter::once(e.view.run.experiment_id).chain(e.certification.as_ref().map(|c| c.experiment_id)))
+        .flat_map(|e| {
+            std::iter::once(e.view.run.experiment_id).chain(e.certification.as_ref().map(|c| c.experiment_id))
+        })
         .collect();
     let mut out = Vec::new();
     for experiment_id in ids {

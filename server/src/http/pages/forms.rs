@@ -98,7 +98,10 @@ impl LaunchForms {
         Ok(LaunchForms {
             experiment_id,
             archs: Arch::ALL.iter().map(|a| a.as_str()).collect(),
-            datasets: Dataset::ALL.iter().map(|d| DatasetOption { name: d.as_str(), default_lr: d.default_lr() }).collect(),
+            datasets: Dataset::ALL
+                .iter()
+                .map(|d| DatasetOption { name: d.as_str(), default_lr: d.default_lr() })
+                .collect(),
             methods: methods()?,
             optim: ["epochs", "batch_size", "momentum", "weight_decay"]
                 .iter()
@@ -222,7 +225,8 @@ async fn model_groups(app: &AppState, experiment_id: i64, parent: Option<i64>) -
     for exp in exps {
         let mut models = Vec::new();
         for kind in ["train", "transfer"] {
-            let filter = RunFilter { experiment_id: Some(exp.id), kind: Some(kind.into()), limit: 1000, ..RunFilter::default() };
+            let filter =
+                RunFilter { experiment_id: Some(exp.id), kind: Some(kind.into()), limit: 1000, ..RunFilter::default() };
             for run in runs::list(pool, &filter).await? {
                 if run.status == RunStatus::Failed {
                     continue;

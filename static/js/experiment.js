@@ -1,0 +1,230 @@
+// One experiment: its runs in a sortable, filterable table that follows the experiment's event
+// stream, multi-select to compare, CSV export.
+
+import { api, pageData } from './api.js';
+import { el, pct, num, duration, statusBadge, coalesce, throttleByKey, DASH } from './dom.js';
+import { sortRows, toCsv, download, markSorted } from './table.js';
+import { subscribe } from './live.js';
+import { epochsOf, testAccuracy, certifiedAt, wallTime, progressFraction, newestCertification, summaryQuery } from './runs.js';
+
+const data = pageData();
+const experimentId = data.experiment.id;
+const radii = data.radii;
+const views = new Map(data.runs.map((v) => [v.run.id, v]));
+const summaries = new Map(Object.entries(data.summaries).map(([id, s]) => [Number(id), s]));
+const selected = new Set();
+const filters = { status: '', kind: '', arch: '', method: '' };
+let sort = { col: 'id', descending: true };
+
+const table = document.getElementById('runs-table');
+const tbody = table.querySelector('tbody');
+const compareButton = document.getElementById('compare-selected');
+const selectAll = document.getElementById('select-all');
+
+/** The certification whose numbers a row shows: its own, or its model's newest. */
+function certificationOf(view) {
+  if (view.run.kind === 'certify') return view.run.id;
+  return newestCertification([...views.values()], view.run.id);
+}
+
+/** Every column's value for sorting, display and CSV. */
+function values(view) {
+  const run = view.run;
+  const certId = certificationOf(view);
+  const summary = certId === null ? null : summaries.get(certId);
+  const clean = run.kind === 'certify' ? (summary && summary.n ? summary.accuracy : null) : testAccuracy(view);
+  return {
+    id: run.id,
+    name: run.name,
+    status: run.status,
+    kind: run.kind,
+    arch: run.arch,
+    method: run.method,
+    sigma: run.sigma,
+    epochs: epochsOf(run),
+    clean,
+    'r0.25': certifiedAt(summary, 0.25),
+    'r0.5': certifiedAt(summary, 0.5),
+    'r0.75': certifiedAt(summary, 0.75),
+    r1: certifiedAt(summary, 1.0),
+    acr: summary && summary.n ? summary.acr : null,
+    wall: wallTime(run),
+    certId,
+  };
+}
+
+const CERT_COLUMNS = ['r0.25', 'r0.5', 'r0.75', 'r1'];
+
+function visibleViews() {
+  const shown = [...views.values()].filter((v) => Object.entries(filters).every(([k, want]) => !want || v.run[k] === want));
+  return sortRows(shown, (v) => values(v)[sort.col], sort.descending);
+}
+
+function statusCell(run) {
+  const fraction = run.status === 'running' ? progressFraction(run) : null;
+  return el('td', { class: 'status-cell' }, statusBadge(run.status, fraction === null ? '' : ` ${Math.floor(fraction * 100)}%`));
+}
+
+function certCell(value, v) {
+  const derived = v.certId !== null && v.certId !== v.id;
+  return el('td', { class: 'num', title: derived ? `from certification run #${v.certId}` : null }, pct(value));
+}
+
+function row(view) {
+  const v = values(view);
+  const id = v.id;
+  const box = el('input', { type: 'checkbox', 'aria-label': `Select run #${id}`, 'data-select': id, checked: selected.has(id) });
+  box.addEventListener('change', () => {
+    if (box.checked) selected.add(id);
+    else selected.delete(id);
+    updateSelection();
+  });
+  return el(
+    'tr',
+    { 'data-id': id, class: selected.has(id) ? 'selected' : null },
+    el('td', { class: 'select-col' }, box),
+    el('td', {}, el('a', { class: 'row-title', href: `/runs/${id}` }, el('span', { class: 'muted' }, `#${id} `), v.name)),
+    statusCell(view.run),
+    el('td', {}, v.kind),
+    el('td', {}, v.arch ?? DASH),
+    el('td', {}, v.method ?? DASH),
+    el('td', { class: 'num' }, v.sigma ?? DASH),
+    el('td', { class: 'num' }, v.epochs ?? DASH),
+    el('td', { class: 'num' }, pct(v.clean)),
+    CERT_COLUMNS.map((c) => certCell(v[c], v)),
+    el('td', { class: 'num' }, num(v.acr)),
+    el('td', { class: 'num wall', 'data-wall': id }, duration(v.wall)),
+  );
+}
+
+function fillFilterOptions() {
+  for (const select of document.querySelectorAll('select[data-filter]')) {
+    const key = select.dataset.filter;
+    const present = [...new Set([...views.values()].map((v) => v.run[key]).filter(Boolean))].sort();
+    const current = select.value;
+    select.replaceChildren(el('option', { value: '' }, 'All'), present.map((p) => el('option', { value: p, selected: p === current }, p)));
+  }
+}
+
+const render = coalesce(() => {
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.select : null;
+  const shown = visibleViews();
+  tbody.replaceChildren(...shown.map(row));
+  document.getElementById('runs-empty').hidden = shown.length > 0;
+  document.getElementById('runs-count').textContent = shown.length === views.size ? String(views.size) : `${shown.length} of ${views.size}`;
+  markSorted(table, sort.col, sort.descending);
+  fillFilterOptions();
+  updateSelection();
+  if (focused) {
+    const again = tbody.querySelector(`[data-select="${focused}"]`);
+    if (again) again.focus();
+  }
+});
+
+function updateSelection() {
+  for (const id of [...selected]) if (!views.has(id)) selected.delete(id);
+  compareButton.disabled = selected.size < 2;
+  compareButton.textContent = selected.size ? `Compare selected (${selected.size})` : 'Compare selected';
+  const boxes = [...tbody.querySelectorAll('input[data-select]')];
+  selectAll.checked = boxes.length > 0 && boxes.every((b) => b.checked);
+  selectAll.indeterminate = !selectAll.checked && boxes.some((b) => b.checked);
+  for (const tr of tbody.rows) tr.classList.toggle('selected', selected.has(Number(tr.dataset.id)));
+}
+
+// ---- live updates ----
+
+async function refreshRun(id) {
+  try {
+    const view = await api('GET', `/runs/${id}`);
+    views.set(id, view);
+    if (view.run.kind === 'certify' && !summaries.has(id)) refreshSummary(id);
+    render();
+  } catch (err) {
+    if (err.status === 404) {
+      views.delete(id);
+      render();
+    }
+  }
+}
+
+async function loadSummary(id) {
+  try {
+    summaries.set(id, await api('GET', `/runs/${id}/certificates/summary?${summaryQuery(radii)}`));
+    render();
+  } catch {
+    // Kept as it was; the next certificate event retries.
+  }
+}
+
+const refreshRunSoon = throttleByKey(refreshRun, 250);
+const refreshSummary = throttleByKey(loadSummary, 1500);
+
+subscribe(`/experiments/${experimentId}/events`, data.last_seq, {
+  status: (e) => refreshRunSoon(e.run_id),
+  started: (e) => refreshRunSoon(e.run_id),
+  progress: (e) => {
+    const view = views.get(e.run_id);
+    if (!view) return refreshRunSoon(e.run_id);
+    view.run.progress = { phase: e.phase, done: e.done, total: e.total, unit: e.unit };
+    render();
+  },
+  metrics: (e) => {
+    const view = views.get(e.run_id);
+    if (!view) return refreshRunSoon(e.run_id);
+    for (const [key, value] of Object.entries(e.values)) view.metrics[key] = { step: e.step, epoch: e.epoch, ts: e.ts, value };
+    render();
+  },
+  certificate: (e) => refreshSummary(e.run_id),
+}, document.getElementById('live'));
+
+// Wall time of running runs ticks between events.
+setInterval(() => {
+  for (const cell of tbody.querySelectorAll('[data-wall]')) {
+    const view = views.get(Number(cell.dataset.wall));
+    if (view && view.run.status === 'running') cell.textContent = duration(wallTime(view.run));
+  }
+}, 1000);
+
+// ---- controls ----
+
+for (const th of table.querySelectorAll('th[data-col]')) {
+  th.querySelector('button').addEventListener('click', () => {
+    const col = th.dataset.col;
+    sort = { col, descending: sort.col === col ? !sort.descending : !['name', 'kind', 'arch', 'method', 'status'].includes(col) };
+    render();
+  });
+}
+
+for (const select of document.querySelectorAll('select[data-filter]')) {
+  select.addEventListener('change', () => {
+    filters[select.dataset.filter] = select.value;
+    render();
+  });
+}
+
+selectAll.addEventListener('change', () => {
+  for (const box of tbody.querySelectorAll('input[data-select]')) {
+    const id = Number(box.dataset.select);
+    if (selectAll.checked) selected.add(id);
+    else selected.delete(id);
+  }
+  render();
+});
+
+compareButton.addEventListener('click', () => {
+  const ids = [...selected].sort((a, b) => a - b);
+  window.location.assign(`/compare?runs=${ids.join(',')}`);
+});
+
+document.getElementById('export-csv').addEventListener('click', () => {
+  const header = ['id', 'name', 'status', 'kind', 'arch', 'method', 'sigma', 'epochs', 'clean_accuracy',
+    ...radii.filter((r) => r > 0).map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', 'certification_run'];
+  const rows = visibleViews().map((view) => {
+    const v = values(view);
+    return [v.id, v.name, v.status, v.kind, v.arch, v.method, v.sigma, v.epochs, v.clean, v['r0.25'], v['r0.5'], v['r0.75'], v.r1, v.acr, v.wall.toFixed(1), v.certId];
+  });
+  const slug = data.experiment.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || `experiment-${experimentId}`;
+  download(`${slug}-runs.csv`, toCsv(header, rows));
+});
+
+render();

@@ -1,0 +1,52 @@
+// What the tables show of a run (an API RunView), shared by the experiment and compare pages.
+
+export const MODEL_KINDS = ['train', 'transfer'];
+
+export function configOf(run) {
+  return run.resolved_config || run.config || {};
+}
+
+export function epochsOf(run) {
+  const optim = configOf(run).optim;
+  return optim && Number.isFinite(optim.epochs) ? optim.epochs : null;
+}
+
+/** The model's test accuracy: the latest `test/acc` metric, or the final summary's. */
+export function testAccuracy(view) {
+  const latest = view.metrics && view.metrics['test/acc'];
+  if (latest) return latest.value;
+  const summary = view.run.summary;
+  return summary && Number.isFinite(summary['test/acc']) ? summary['test/acc'] : null;
+}
+
+/** Certified accuracy at radius `r` from a certificate summary (`GET …/certificates/summary`). */
+export function certifiedAt(summary, r) {
+  if (!summary || !summary.n) return null;
+  const entry = summary.radii.find((x) => Math.abs(x.radius - r) < 1e-9);
+  return entry ? entry.certified_accuracy : null;
+}
+
+/** Wall time so far: the stored total plus the running attempt. */
+export function wallTime(run, now = Date.now() / 1000) {
+  const running = run.status === 'running' && run.started_at ? Math.max(0, now - run.started_at) : 0;
+  return run.wall_time_s + running;
+}
+
+export function progressFraction(run) {
+  const p = run.progress;
+  return p && p.total > 0 ? Math.min(1, p.done / p.total) : null;
+}
+
+/** The newest certification of `modelId` among `views`, finished ones first. */
+export function newestCertification(views, modelId) {
+  let best = null;
+  for (const v of views) {
+    const r = v.run;
+    if (r.kind !== 'certify' || r.parents[0] !== modelId) continue;
+    const rank = [r.status === 'finished' ? 1 : 0, r.id];
+    if (!best || rank[0] > best.rank[0] || (rank[0] === best.rank[0] && rank[1] > best.rank[1])) best = { id: r.id, rank };
+  }
+  return best ? best.id : null;
+}
+
+export const summaryQuery = (radii) => `radii=${radii.join(',')}`;

@@ -1,0 +1,217 @@
+//! 2-D convolution as im2col + gemm per sample, with an optional bias and ReLU applied while the
+//! output is still in cache, and a backward pass that computes only the gradients the graph needs:
+//!   input:  dX_s = col2im(Wᵀ · dY_s)     (skipped for images, which are not tracked)
+//!   weight: dW   = Σ_s dY_s · im2col(X_s)ᵀ
+//!   bias:   db   = Σ_s Σ_pixels dY_s
+//! where dY is the output gradient with the ReLU's mask applied.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, View};
+use super::im2col::{col2im_add, im2col, ConvGeom};
+use super::storage::{slice, with_values};
+
+const NAME: &str = "crt-conv2d";
+
+/// The op: stride and padding (the same on both axes), and whether a ReLU follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2d {
+    pub stride: usize,
+    pub pad: usize,
+    pub relu: bool,
+}
+
+impl Conv2d {
+    fn geom(&self, x: &Layout, w: &Layout) -> Result<ConvGeom> {
+        ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)
+    }
+
+    /// The output [N, cout, ho, wo] of input x [N, cin, h, w] and kernel w [cout, cin, kh, kw].
+    pub fn forward(&self, g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let mut out = vec![0f32; g.batch * g.out_len()];
+        let kernel = View::row_major(w, g.cout, g.patch());
+        let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
+        out.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each_init(
+            || vec![0f32; col_len],
+            |col, (y, xs)| {
+                let col = patches(g, xs, col);
+                matmul(y, kernel, View::row_major(col, g.patch(), g.pixels()), false);
+                epilogue(y, g.pixels(), bias, self.relu);
+            },
+        );
+        out
+    }
+
+    /// Gradients of x, w and the bias, each only when asked for.
+    fn backward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, res: &Tensor, grad: &Tensor) -> Result<Grads> {
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let (need_dx, need_dw) = (x.track_op(), w.track_op());
+        let need_db = bias.is_some_and(|b| b.track_op());
+        let dy = if self.relu { relu_mask(grad, res)? } else { with_values(grad, NAME, |v| Ok(v.to_vec()))? };
+        let dx = if need_dx {
+            let dx = with_values(w, NAME, |w| Ok(input_grad(&g, w, &dy)))?;
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let (dw, db) = if need_dw || need_db {
+            let (dw, db) = with_values(x, NAME, |x| Ok(param_grads(&g, x, &dy)))?;
+            let dw = need_dw.then(|| Tensor::from_vec(dw, w.shape(), w.device())).transpose()?;
+            let db = need_db.then(|| Tensor::from_vec(db, g.cout, w.device())).transpose()?;
+            (dw, db)
+        } else {
+            (None, None)
+        };
+        Ok(Grads { dx, dw, db })
+    }
+}
+
+struct Grads {
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    db: Option<Tensor>,
+}
+
+/// The im2col matrix of one sample: the sample itself for a pointwise conv, else `col` filled.
+fn patches<'a>(g: &ConvGeom, xs: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        xs
+    } else {
+        im2col(g, xs, col);
+        col
+    }
+}
+
+/// Adds the bias per channel and clamps at zero, in one pass over a sample's output.
+fn epilogue(y: &mut [f32], pixels: usize, bias: Option<&[f32]>, relu: bool) {
+    if bias.is_none() && !relu {
+        return;
+    }
+    for (c, plane) in y.chunks_exact_mut(pixels).enumerate() {
+        let b = bias.map_or(0.0, |b| b[c]);
+        if relu {
+            plane.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        } else {
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// The output gradient where the ReLU let the value through (output > 0), zero elsewhere.
+pub fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
+    with_values(grad, NAME, |g| {
+        with_values(res, NAME, |r| {
+            let mut out = vec![0f32; g.len()];
+            out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14))).for_each(|(o, (g, r))| {
+                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
+                    *o = if *r > 0.0 { *g } else { 0.0 };
+                }
+            });
+            Ok(out)
+        })
+    })
+}
+
+/// dX = col2im(Wᵀ · dY), sample by sample.
+pub fn input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; g.batch * g.in_len()];
+    let kernel_t = View::row_major(w, g.cout, g.patch()).t();
+    let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
+    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each_init(
+        || vec![0f32; col_len],
+        |col, (dxs, dys)| {
+            let dys = View::row_major(dys, g.cout, g.pixels());
+            if g.is_pointwise() {
+                matmul(dxs, kernel_t, dys, false);
+            } else {
+                matmul(col, kernel_t, dys, false);
+                col2im_add(g, col, dxs);
+            }
+        },
+    );
+    dx
+}
+
+/// (dW, db): per-thread sums over contiguous runs of samples, added together at the end.
+pub fn param_grads(g: &ConvGeom, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (dw_len, col_len) = (g.cout * g.patch(), if g.is_pointwise() { 0 } else { g.patch() * g.pixels() });
+    let runs = rayon::current_num_threads().clamp(1, g.batch.max(1));
+    let per_run = g.batch.div_ceil(runs);
+    let partial = |run: usize| {
+        let (mut dw, mut db, mut col) = (vec![0f32; dw_len], vec![0f32; g.cout], vec![0f32; col_len]);
+        for s in (run * per_run)..((run + 1) * per_run).min(g.batch) {
+            let dys = &dy[s * g.out_len()..][..g.out_len()];
+            let col = patches(g, &x[s * g.in_len()..][..g.in_len()], &mut col);
+            let col_t = View::row_major(col, g.patch(), g.pixels()).t();
+            matmul(&mut dw, View::row_major(dys, g.cout, g.pixels()), col_t, true);
+            for (acc, plane) in db.iter_mut().zip(dys.chunks_exact(g.pixels())) {
+                *acc += plane.iter().sum::<f32>();
+            }
+        }
+        (dw, db)
+    };
+    (0..runs).into_par_iter().map(partial).reduce(
+        || (vec![0f32; dw_len], vec![0f32; g.cout]),
+        |(mut dw, mut db), (dw2, db2)| {
+            dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+            (dw, db)
+        },
+    )
+}
+
+fn output(g: &ConvGeom, data: Vec<f32>) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(data), Shape::from((g.batch, g.cout, g.ho, g.wo)))
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(xl, wl)?;
+        Ok(output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grads = self.backward(x, w, None, res, grad)?;
+        Ok((grads.dx, grads.dw))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(xl, wl)?;
+        let bias = slice(bs, bl, NAME)?;
+        if bias.len() != g.cout {
+            candle_core::bail!("{NAME}: bias has {} values for {} output channels", bias.len(), g.cout)
+        }
+        Ok(output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, Some(bias))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = self.backward(x, w, Some(b), res, grad)?;
+        Ok((grads.dx, grads.dw, grads.db))
+    }
+}

@@ -1,0 +1,42 @@
+//! relu(a + b) in one pass (the end of a residual block); the backward pass masks the output
+//! gradient once and hands the same tensor to both inputs.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::relu_mask;
+use super::storage::slice;
+
+const NAME: &str = "crt-add-relu";
+/// Elements per parallel task: large enough to amortize scheduling, small enough to balance.
+const CHUNK: usize = 1 << 14;
+
+pub struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!("{NAME}: shapes differ: {:?} and {:?}", l1.shape(), l2.shape())
+        }
+        let (a, b) = (slice(s1, l1, NAME)?, slice(s2, l2, NAME)?);
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = (a + b).max(0.0);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !a.track_op() && !b.track_op() {
+            return Ok((None, None));
+        }
+        let masked = Tensor::from_vec(relu_mask(grad, res)?, res.shape(), res.device())?;
+        Ok((a.track_op().then(|| masked.clone()), b.track_op().then_some(masked)))
+    }
+}

@@ -1,0 +1,116 @@
+//! A safe face on the `gemm` crate (the matrix multiply under candle's CPU matmul) for the conv
+//! kernels: strided views of slices, bounds checked once, single-threaded because the callers
+//! already spread whole samples over the cores.
+
+use gemm::Parallelism;
+
+/// A read-only matrix inside a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A dense row-major `rows x cols` matrix at the start of `data`.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        View { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, without moving data.
+    pub fn t(self) -> Self {
+        View { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// Whether every element lies inside the slice.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c = a · b` (or `c += a · b` when `accumulate`), with `c` a dense row-major matrix of
+/// `a.rows x b.cols` at the start of the slice.
+pub fn matmul(c: &mut [f32], a: View, b: View, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "matmul: inner dimensions differ");
+    assert!(a.in_bounds() && b.in_bounds(), "matmul: operand view out of bounds");
+    assert!(c.len() >= m * n, "matmul: output slice too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every element gemm reads or writes inside the three slices
+    // (`c` is exclusively borrowed), and the strides are those of the views.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        (0..m * n).map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum()).collect()
+    }
+
+    #[test]
+    fn products_transposes_and_accumulation_match_the_definition() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut c = vec![0.0; m * n];
+        matmul(&mut c, View::row_major(&a, m, k), View::row_major(&b, k, n), false);
+        c.iter().zip(&want).for_each(|(x, y)| assert!((x - y).abs() < 1e-5));
+        // (bᵀ aᵀ)ᵀ through transposed views, added onto the previous result: 2 * want.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut ct = vec![0.0; n * m];
+        matmul(&mut ct, View::row_major(&bt, n, k), View::row_major(&a, m, k).t(), false);
+        for i in 0..m {
+            for j in 0..n {
+                assert!((ct[j * m + i] - want[i * n + j]).abs() < 1e-5);
+            }
+        }
+        matmul(&mut c, View::row_major(&a, m, k), View::row_major(&b, k, n), true);
+        c.iter().zip(&want).for_each(|(x, y)| assert!((x - 2.0 * y).abs() < 1e-5));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn a_view_past_the_slice_is_refused() {
+        let a = [1.0f32; 5];
+        let mut c = [0.0f32; 4];
+        matmul(&mut c, View::row_major(&a, 2, 3), View::row_major(&a, 3, 2), false);
+    }
+}

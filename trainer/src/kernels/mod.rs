@@ -1,0 +1,157 @@
+//! CPU kernels for what the models spend their time in, as candle custom ops with their own
+//! backward passes: convolution (im2col + the `gemm` crate, with bias and ReLU fused), 2x2
+//! max-pooling, training-mode batch normalization (+ ReLU), and the residual add + ReLU.
+//!
+//! Each public function takes and returns ordinary tensors. On other devices, for other dtypes, or
+//! when switched off with [`set_enabled`] (for A/B benchmarks), it computes the same thing with
+//! candle's own ops instead.
+
+mod conv;
+mod eltwise;
+mod gemm;
+mod im2col;
+mod norm;
+mod pool;
+mod storage;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{BatchNorm, Conv2d, Module};
+
+pub use im2col::ConvGeom;
+pub use norm::BatchStats;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the custom kernels on or off for the whole process (candle's ops run when off).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the custom CPU kernels handle this tensor.
+fn fast(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// conv2d(x, w) + bias, then ReLU when `relu`: x [N, C, H, W], w [O, C, KH, KW], bias [O].
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+    if !fast(x) {
+        let y = x.conv2d(w, padding, stride, 1, 1)?;
+        let y = match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let op = conv::Conv2d { stride, pad: padding, relu };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// A candle_nn convolution layer (dilation 1, one group) through [`conv2d`], ReLU after when `relu`.
+pub fn conv_layer(x: &Tensor, conv: &Conv2d, relu: bool) -> Result<Tensor> {
+    let cfg = conv.config();
+    if cfg.dilation != 1 || cfg.groups != 1 {
+        let y = conv.forward(x)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding, relu)
+}
+
+/// A bias-free convolution layer followed by `bn` (training or eval mode), ReLU after when `relu`.
+/// Eval mode folds the normalization into the convolution.
+pub fn conv_bn(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, train: bool, relu: bool) -> Result<Tensor> {
+    let cfg = conv.config();
+    let plain = cfg.dilation != 1 || cfg.groups != 1 || conv.bias().is_some();
+    if plain || !fast(x) {
+        let y = conv.forward(x)?.apply_t(bn, train)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    if train {
+        batch_norm(&conv2d(x, conv.weight(), None, cfg.stride, cfg.padding, false)?, bn, true, relu)
+    } else {
+        conv_bn_eval(x, conv.weight(), bn, cfg.stride, cfg.padding, relu)
+    }
+}
+
+/// Max-pooling with a k x k window and stride k.
+pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    if !fast(x) {
+        return max_pool_reduce(x, k);
+    }
+    x.contiguous()?.apply_op1(pool::MaxPool2d { k })
+}
+
+/// The fallback pooling: a max over a reshaped view. candle 0.11.1's `max_pool2d` backward scales
+/// the gradient by 1/k² (it multiplies by the share of maxima in the window instead of dividing by
+/// their count); the `max` reduction's backward routes the full gradient to the maximum.
+fn max_pool_reduce(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    // Partial windows at the bottom and right are dropped, as PyTorch does.
+    let x = x.narrow(2, 0, h / k * k)?.narrow(3, 0, w / k * k)?;
+    x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)
+}
+
+/// relu(a + b).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !fast(a) {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, eltwise::AddRelu)
+}
+
+/// `bn` applied to x (batch statistics and a running-statistics update when `train`, the running
+/// statistics otherwise), then ReLU when `relu`. Matches `x.apply_t(bn, train)` of candle_nn.
+pub fn batch_norm(x: &Tensor, bn: &BatchNorm, train: bool, relu: bool) -> Result<Tensor> {
+    let affine = bn.weight_and_bias();
+    // The running statistics are updated in place, which needs them to be variables.
+    let in_place = bn.running_mean().is_variable() && bn.running_var().is_variable();
+    if !fast(x) || !train || affine.is_none() || !in_place {
+        let y = x.apply_t(bn, train)?;
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let (weight, bias) = affine.expect("checked above");
+    let stats = BatchStats::of(x)?;
+    update_running_stats(bn, &stats)?;
+    let op = norm::BatchNormTrain::new(&stats, bn.eps(), relu);
+    x.contiguous()?.apply_op3(weight, bias, op)
+}
+
+/// PyTorch's update: running = (1 - momentum) running + momentum batch, with the unbiased
+/// variance (n / (n - 1)) in the running variance.
+fn update_running_stats(bn: &BatchNorm, stats: &BatchStats) -> Result<()> {
+    let m = bn.momentum();
+    let n = stats.count as f64;
+    let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+    let blend = |running: &Tensor, batch: Vec<f64>| -> Result<()> {
+        let old: Vec<f32> = running.to_vec1()?;
+        let new: Vec<f32> = old.iter().zip(batch).map(|(&r, b)| ((1.0 - m) * r as f64 + m * b) as f32).collect();
+        // The BatchNorm's running statistics are variables of the model's VarMap: set them in place.
+        Var::from_tensor(running)?.set(&Tensor::from_vec(new, running.shape(), running.device())?)
+    };
+    blend(bn.running_mean(), stats.mean.clone())?;
+    blend(bn.running_var(), stats.var.iter().map(|v| v * unbiased).collect())
+}
+
+/// Convolution followed by eval-mode batch normalization, folded into one convolution with bias:
+/// w' = w * scale, b' = shift, where scale = gamma / sqrt(running_var + eps) and
+/// shift = beta - running_mean * scale. ReLU after when `relu`.
+pub fn conv_bn_eval(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+    let affine = bn.weight_and_bias().filter(|_| fast(x));
+    let Some((gamma, beta)) = affine else {
+        let y = conv2d(x, w, None, stride, padding, false)?.apply_t(bn, false)?;
+        return if relu { y.relu() } else { Ok(y) };
+    };
+    let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
+    let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
+    let w = w.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+    conv2d(x, &w, Some(&shift), stride, padding, relu)
+}

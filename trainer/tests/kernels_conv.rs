@@ -1,0 +1,109 @@
+//! The convolution kernel against candle's reference ops: forward values and the gradients of
+//! the input, the kernel and the bias, for every stride and padding the models use and a few more.
+
+mod kernels_common;
+
+use candle_core::{Tensor, Var};
+use candle_nn::{BatchNorm, ModuleT, VarBuilder, VarMap};
+use crt_trainer::kernels;
+use kernels_common::{assert_close, random, rng, var, weighted_sum};
+
+/// (input [N, C, H, W], kernel [O, C, K, K], stride, padding)
+const CASES: [([usize; 4], [usize; 4], usize, usize); 8] = [
+    ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),  // LeNet conv1
+    ([3, 20, 12, 12], [50, 20, 5, 5], 1, 0), // LeNet conv2
+    ([2, 3, 32, 32], [16, 3, 3, 3], 1, 1),   // ResNet stem
+    ([2, 16, 16, 16], [32, 16, 3, 3], 2, 1), // ResNet stage change
+    ([2, 16, 16, 16], [32, 16, 1, 1], 2, 0), // ResNet downsample
+    ([2, 8, 9, 7], [6, 8, 1, 1], 1, 0),     // pointwise, odd sizes
+    ([2, 4, 9, 7], [5, 4, 3, 3], 2, 0),     // stride 2 without padding, odd sizes
+    ([1, 2, 5, 6], [3, 2, 3, 3], 3, 2),     // padding wider than the stride
+];
+
+fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize, relu: bool) -> Tensor {
+    let y = x.conv2d(w, pad, stride, 1, 1).unwrap();
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(),
+        None => y,
+    };
+    if relu {
+        y.relu().unwrap()
+    } else {
+        y
+    }
+}
+
+#[test]
+fn forward_and_all_gradients_match_candle() {
+    let mut r = rng(1);
+    for (xd, wd, stride, pad) in CASES {
+        for (with_bias, relu) in [(false, false), (true, true), (true, false), (false, true)] {
+            let what = format!("{xd:?} * {wd:?} stride {stride} pad {pad} bias {with_bias} relu {relu}");
+            let (x, w) = (var(&mut r, &xd), var(&mut r, &wd));
+            let b = with_bias.then(|| var(&mut r, &[wd[0]]));
+            let bt = b.as_ref().map(|b| b.as_tensor());
+            let ours = kernels::conv2d(x.as_tensor(), w.as_tensor(), bt, stride, pad, relu).unwrap();
+            let want = reference(x.as_tensor(), w.as_tensor(), bt, stride, pad, relu);
+            assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
+
+            let weights = random(&mut r, want.dims());
+            let got = weighted_sum(&ours, &weights).backward().unwrap();
+            let exp = weighted_sum(&want, &weights).backward().unwrap();
+            let grad = |g: &candle_core::backprop::GradStore, v: &Var| g.get(v.as_tensor()).unwrap().clone();
+            assert_close(&grad(&got, &x), &grad(&exp, &x), 1e-5, &format!("input gradient {what}"));
+            assert_close(&grad(&got, &w), &grad(&exp, &w), 1e-5, &format!("kernel gradient {what}"));
+            if let Some(b) = &b {
+                assert_close(&grad(&got, b), &grad(&exp, b), 1e-5, &format!("bias gradient {what}"));
+            }
+        }
+    }
+}
+
+/// Images are not variables: their gradient is neither needed nor produced.
+#[test]
+fn untracked_inputs_get_no_gradient() {
+    let mut r = rng(2);
+    let x = random(&mut r, &[2, 3, 8, 8]);
+    let w = var(&mut r, &[4, 3, 3, 3]);
+    let y = kernels::conv2d(&x, w.as_tensor(), None, 1, 1, true).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    let want = reference(&x, w.as_tensor(), None, 1, 1, true).sum_all().unwrap().backward().unwrap();
+    assert_close(grads.get(w.as_tensor()).unwrap(), want.get(w.as_tensor()).unwrap(), 1e-5, "kernel gradient");
+}
+
+#[test]
+fn the_layer_helpers_follow_the_layer_configuration() {
+    let mut r = rng(3);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
+    let cfg = candle_nn::Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
+    let conv = candle_nn::conv2d(4, 6, 3, cfg, vb.pp("c")).unwrap();
+    let x = random(&mut r, &[2, 4, 10, 10]);
+    let ours = kernels::conv_layer(&x, &conv, true).unwrap();
+    let want = reference(&x, conv.weight(), conv.bias(), 2, 1, true);
+    assert_close(&ours, &want, 1e-5, "conv_layer");
+}
+
+/// Eval mode folds the normalization into the convolution; it must equal conv then BatchNorm.
+#[test]
+fn conv_with_folded_eval_batch_norm_matches_conv_then_batch_norm() {
+    let mut r = rng(4);
+    let (w, gamma, beta) = (random(&mut r, &[6, 4, 3, 3]), random(&mut r, &[6]), random(&mut r, &[6]));
+    let mean = random(&mut r, &[6]);
+    let var = (random(&mut r, &[6]).abs().unwrap() + 0.5).unwrap();
+    let bn = BatchNorm::new(6, mean, var, gamma, beta, 1e-5).unwrap();
+    let conv = candle_nn::Conv2d::new(w.clone(), None, candle_nn::Conv2dConfig { padding: 1, ..Default::default() });
+    let x = Var::from_tensor(&random(&mut r, &[2, 4, 8, 8])).unwrap();
+    for relu in [false, true] {
+        let ours = kernels::conv_bn(x.as_tensor(), &conv, &bn, false, relu).unwrap();
+        let want = reference(x.as_tensor(), &w, None, 1, 1, false).apply_t(&bn, false).unwrap();
+        let want = if relu { want.relu().unwrap() } else { want };
+        assert_close(&ours, &want, 1e-5, &format!("folded forward relu {relu}"));
+        // Input gradients through the folded convolution (attacks take them in eval mode).
+        let weights = random(&mut r, want.dims());
+        let got = weighted_sum(&ours, &weights).backward().unwrap();
+        let exp = weighted_sum(&want, &weights).backward().unwrap();
+        assert_close(got.get(x.as_tensor()).unwrap(), exp.get(x.as_tensor()).unwrap(), 1e-5, "folded input gradient");
+    }
+}

@@ -1,0 +1,94 @@
+//! Training-mode batch normalization (+ ReLU) and the residual add + ReLU against candle_nn's
+//! BatchNorm and candle's ops: outputs, gradients and the running-statistics update.
+
+mod kernels_common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{BatchNorm, BatchNormConfig, ModuleT, VarBuilder, VarMap};
+use crt_trainer::kernels;
+use kernels_common::{assert_close, random, rng, var, weighted_sum};
+
+/// A BatchNorm whose parameters and running statistics are variables of a VarMap (as in the models),
+/// with a given weight, bias and running statistics.
+fn batch_norm(c: usize, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor) -> (VarMap, BatchNorm) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let bn = candle_nn::batch_norm(c, BatchNormConfig::default(), vb).unwrap();
+    for (name, value) in [("weight", weight), ("bias", bias), ("running_mean", mean), ("running_var", var)] {
+        varmap.data().lock().unwrap()[name].set(value).unwrap();
+    }
+    (varmap, bn)
+}
+
+fn stat(varmap: &VarMap, name: &str) -> Tensor {
+    varmap.data().lock().unwrap()[name].as_tensor().copy().unwrap()
+}
+
+fn param(varmap: &VarMap, name: &str) -> Var {
+    varmap.data().lock().unwrap()[name].clone()
+}
+
+#[test]
+fn training_batch_norm_matches_candle_nn() {
+    let mut r = rng(5);
+    for (dims, relu) in [([4, 3, 5, 6], false), ([8, 16, 4, 4], true), ([2, 5, 1, 1], true)] {
+        let c = dims[1];
+        let (w, b, m) = (random(&mut r, &[c]), random(&mut r, &[c]), random(&mut r, &[c]));
+        let v = (random(&mut r, &[c]).abs().unwrap() + 0.5).unwrap();
+        let (ours_map, ours_bn) = batch_norm(c, &w, &b, &m, &v);
+        let (ref_map, ref_bn) = batch_norm(c, &w, &b, &m, &v);
+        // Not centred, so that the mean matters.
+        let x = Var::from_tensor(&(random(&mut r, &dims) * 3.0 + 0.7).unwrap()).unwrap();
+
+        let ours = kernels::batch_norm(x.as_tensor(), &ours_bn, true, relu).unwrap();
+        let want = x.as_tensor().apply_t(&ref_bn, true).unwrap();
+        let want = if relu { want.relu().unwrap() } else { want };
+        let what = format!("{dims:?} relu {relu}");
+        assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
+        for name in ["running_mean", "running_var"] {
+            assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-6, &format!("{name} {what}"));
+        }
+        assert!(stat(&ours_map, "running_mean").to_vec1::<f32>().unwrap() != m.to_vec1::<f32>().unwrap(), "{what}: not updated");
+
+        let weights = random(&mut r, &dims);
+        let got = weighted_sum(&ours, &weights).backward().unwrap();
+        let exp = weighted_sum(&want, &weights).backward().unwrap();
+        assert_close(got.get(x.as_tensor()).unwrap(), exp.get(x.as_tensor()).unwrap(), 1e-4, &format!("dx {what}"));
+        for name in ["weight", "bias"] {
+            let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
+            assert_close(got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap(), 1e-5, &format!("d{name} {what}"));
+        }
+        // The running statistics are not trained.
+        assert!(got.get(param(&ours_map, "running_mean").as_tensor()).is_none());
+    }
+}
+
+#[test]
+fn eval_batch_norm_uses_the_running_statistics() {
+    let mut r = rng(6);
+    let c = 4;
+    let (w, b, m) = (random(&mut r, &[c]), random(&mut r, &[c]), random(&mut r, &[c]));
+    let v = (random(&mut r, &[c]).abs().unwrap() + 0.5).unwrap();
+    let (map, bn) = batch_norm(c, &w, &b, &m, &v);
+    let x = random(&mut r, &[3, c, 4, 4]);
+    let ours = kernels::batch_norm(&x, &bn, false, true).unwrap();
+    assert_close(&ours, &x.apply_t(&bn, false).unwrap().relu().unwrap(), 1e-6, "eval");
+    assert_close(&stat(&map, "running_mean"), &m, 0.0, "running mean untouched in eval");
+}
+
+#[test]
+fn add_relu_matches_add_then_relu() {
+    let mut r = rng(7);
+    let (a, b) = (var(&mut r, &[3, 4, 5, 5]), var(&mut r, &[3, 4, 5, 5]));
+    let ours = kernels::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let want = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert_close(&ours, &want, 0.0, "forward");
+    let weights = random(&mut r, &[3, 4, 5, 5]);
+    let got = weighted_sum(&ours, &weights).backward().unwrap();
+    let exp = weighted_sum(&want, &weights).backward().unwrap();
+    for v in [&a, &b] {
+        assert_close(got.get(v.as_tensor()).unwrap(), exp.get(v.as_tensor()).unwrap(), 0.0, "gradient");
+    }
+    let err = kernels::add_relu(a.as_tensor(), &random(&mut r, &[3, 4, 5, 4])).unwrap_err().to_string();
+    assert!(err.contains("shapes differ"), "{err}");
+}
