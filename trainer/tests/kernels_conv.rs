@@ -4,7 +4,7 @@
 mod kernels_common;
 
 use candle_core::{Tensor, Var};
-use candle_nn::{BatchNorm, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, VarBuilder, VarMap};
 use crt_trainer::kernels;
 use kernels_common::{assert_close, random, rng, var, weighted_sum};
 
@@ -17,7 +17,8 @@ const CASES: [([usize; 4], [usize; 4], usize, usize); 8] = [
     ([2, 16, 16, 16], [32, 16, 1, 1], 2, 0), // ResNet downsample
     ([2, 8, 9, 7], [6, 8, 1, 1], 1, 0),     // pointwise, odd sizes
     ([2, 4, 9, 7], [5, 4, 3, 3], 2, 0),     // stride 2 without padding, odd sizes
-    ([1, 2, 5, 6], [3, 2, 3, 3], 3, 2),     // padding wider than the stride
+    // Padding wider than the stride (square: candle's reference backward mishandles H != W here).
+    ([1, 2, 7, 7], [3, 2, 3, 3], 3, 2),
 ];
 
 fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize, relu: bool) -> Tensor {
@@ -106,4 +107,18 @@ fn conv_with_folded_eval_batch_norm_matches_conv_then_batch_norm() {
         let exp = weighted_sum(&want, &weights).backward().unwrap();
         assert_close(got.get(x.as_tensor()).unwrap(), exp.get(x.as_tensor()).unwrap(), 1e-5, "folded input gradient");
     }
+}
+
+/// At a pre-activation of exactly 0 the fused ReLU passes no gradient, as PyTorch's does
+/// (candle's `relu` backward passes it). This also shows the fused kernel, not the fallback, ran.
+#[test]
+fn fused_relu_at_zero_passes_no_gradient() {
+    let x = Tensor::ones((1, 1, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let w = Var::from_tensor(&Tensor::zeros((2, 1, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()).unwrap();
+    let y = kernels::conv2d(&x, w.as_tensor(), None, 1, 1, true).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let dw = grads.get(w.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(dw, 0.0);
+    let candle = reference(&x, w.as_tensor(), None, 1, 1, true).sum_all().unwrap().backward().unwrap();
+    assert!(candle.get(w.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
 }

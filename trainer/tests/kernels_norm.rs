@@ -4,7 +4,7 @@
 mod kernels_common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{BatchNorm, BatchNormConfig, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder, VarMap};
 use crt_trainer::kernels;
 use kernels_common::{assert_close, random, rng, var, weighted_sum};
 
@@ -38,7 +38,7 @@ fn training_batch_norm_matches_candle_nn() {
         let (ours_map, ours_bn) = batch_norm(c, &w, &b, &m, &v);
         let (ref_map, ref_bn) = batch_norm(c, &w, &b, &m, &v);
         // Not centred, so that the mean matters.
-        let x = Var::from_tensor(&(random(&mut r, &dims) * 3.0 + 0.7).unwrap()).unwrap();
+        let x = Var::from_tensor(&random(&mut r, &dims).affine(3.0, 0.7).unwrap()).unwrap();
 
         let ours = kernels::batch_norm(x.as_tensor(), &ours_bn, true, relu).unwrap();
         let want = x.as_tensor().apply_t(&ref_bn, true).unwrap();

@@ -40,8 +40,25 @@ fn sigterm_writes_a_checkpoint_and_resume_finishes() {
     let out = out_dir.to_str().unwrap();
     // 1600 images in batches of 16: 100 LeNet steps, long enough to be interrupted.
     let args = [
-        "train", "--dataset", "mnist", "--arch", "lenet", "--sigma", "0.25", "--epochs", "1", "--batch-size", "16",
-        "--train-subset", "1600", "--test-subset", "200", "--seed", "3", "--out", out,
+        "train",
+        "--dataset",
+        "mnist",
+        "--arch",
+        "lenet",
+        "--sigma",
+        "0.25",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--train-subset",
+        "1600",
+        "--test-subset",
+        "200",
+        "--seed",
+        "3",
+        "--out",
+        out,
     ];
     let mut child = trainer().args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -60,9 +77,13 @@ fn sigterm_writes_a_checkpoint_and_resume_finishes() {
     seen.extend(lines.map(|l| EventLine::parse(&l.unwrap()).unwrap().event));
     let status = child.wait().unwrap();
     assert!(status.success(), "a stopped run exits 0, got {status:?}");
-    let Some(Event::Stopped { checkpoint: Some(ck), .. }) = seen.last() else { panic!("last event: {:?}", seen.last()) };
+    let Some(Event::Stopped { checkpoint: Some(ck), .. }) = seen.last() else {
+        panic!("last event: {:?}", seen.last())
+    };
     assert!(Path::new(ck).is_file(), "checkpoint {ck} exists");
-    assert!(seen.iter().any(|e| matches!(e, Event::Artifact { kind: crt_trainer::events::ArtifactKind::Checkpoint, .. })));
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, Event::Artifact { kind: crt_trainer::events::ArtifactKind::Checkpoint, .. })));
     assert!(!out_dir.join("model.safetensors").exists(), "no final model after a stop");
     let stopped_at = crt_trainer::train::checkpoint::peek_step(&out_dir).unwrap();
     assert!((5..100).contains(&stopped_at), "stopped mid-run at step {stopped_at}");
@@ -72,7 +93,9 @@ fn sigterm_writes_a_checkpoint_and_resume_finishes() {
     let out = run(&resumed_args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let events = events(&out.stdout);
-    let Some(Event::Started { resumed_from_step, .. }) = events.first() else { panic!("first event: {:?}", events.first()) };
+    let Some(Event::Started { resumed_from_step, .. }) = events.first() else {
+        panic!("first event: {:?}", events.first())
+    };
     assert_eq!(*resumed_from_step, Some(stopped_at));
     let first_progress = events.iter().find_map(|e| match e {
         Event::Progress { done, .. } => Some(*done),
@@ -88,8 +111,29 @@ fn events_report_metrics_schedule_and_artifacts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().to_str().unwrap();
     let output = run(&[
-        "train", "--dataset", "mnist", "--arch", "linear", "--method", "standard", "--epochs", "2", "--batch-size", "50",
-        "--train-subset", "500", "--test-subset", "100", "--lr", "0.02", "--lr-step", "1", "--gamma", "0.5", "--out", out,
+        "train",
+        "--dataset",
+        "mnist",
+        "--arch",
+        "linear",
+        "--method",
+        "standard",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--train-subset",
+        "500",
+        "--test-subset",
+        "100",
+        "--lr",
+        "0.02",
+        "--lr-step",
+        "1",
+        "--gamma",
+        "0.5",
+        "--out",
+        out,
     ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let events = events(&output.stdout);
@@ -123,7 +167,8 @@ fn events_report_metrics_schedule_and_artifacts() {
         })
         .collect();
     assert_eq!(kinds, ["checkpoint", "checkpoint", "model", "metadata"]);
-    let Some(Event::Progress { done, total, .. }) = events.iter().rev().find(|e| matches!(e, Event::Progress { .. })) else {
+    let Some(Event::Progress { done, total, .. }) = events.iter().rev().find(|e| matches!(e, Event::Progress { .. }))
+    else {
         panic!("no progress")
     };
     assert_eq!((*done, *total), (20, 20));
@@ -164,11 +209,14 @@ fn bad_config_files_name_the_field() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    let unknown = write("a.json", r#"{"data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"bogus":1}"#);
+    let unknown =
+        write("a.json", r#"{"data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"bogus":1}"#);
     let err = failure(&["train", "--config", &unknown]);
     assert!(err.contains("bogus") && err.contains("a.json"), "{err}");
-    let momentum =
-        write("b.json", r#"{"data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"optim":{"momentum":1.5}}"#);
+    let momentum = write(
+        "b.json",
+        r#"{"data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"optim":{"momentum":1.5}}"#,
+    );
     let err = failure(&["train", "--config", &momentum]);
     assert!(err.contains("optim.momentum"), "{err}");
     let kind = write("c.json", r#"{"kind":"certify","model":{"source":"dir","path":"x"}}"#);
@@ -177,6 +225,13 @@ fn bad_config_files_name_the_field() {
     let missing = failure(&["train", "--config", "/nonexistent/run.json"]);
     assert!(missing.contains("/nonexistent/run.json"), "{missing}");
     // The same checks through `run --config`, which the server uses.
-    let err = failure(&["run", "--config", &write("d.json", r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"gaussian","sigma":0}}"#)]);
+    let err = failure(&[
+        "run",
+        "--config",
+        &write(
+            "d.json",
+            r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"gaussian","sigma":0}}"#,
+        ),
+    ]);
     assert!(err.contains("method.sigma"), "{err}");
 }

@@ -42,8 +42,22 @@ fn crt_transfer_trains_a_student_and_leaves_the_teacher_untouched() {
 
     let student_dir = tmp.path().join("student");
     let out = trainer(&[
-        "transfer", "--teacher", teacher_dir.to_str().unwrap(), "--student-arch", "linear", "--logit-weight", "0.9",
-        "--epochs", "1", "--batch-size", "32", "--train-subset", "256", "--test-subset", "100", "--out",
+        "transfer",
+        "--teacher",
+        teacher_dir.to_str().unwrap(),
+        "--student-arch",
+        "linear",
+        "--logit-weight",
+        "0.9",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "100",
+        "--out",
         student_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -53,7 +67,9 @@ fn crt_transfer_trains_a_student_and_leaves_the_teacher_untouched() {
 
     let meta = ModelMeta::read(&student_dir.join("model.json")).unwrap();
     assert_eq!((meta.arch, meta.sigma, meta.epochs), (Arch::Linear, Some(0.25), 1));
-    let Provenance::Transfer { teacher_arch, loss, teacher } = &meta.provenance else { panic!("{:?}", meta.provenance) };
+    let Provenance::Transfer { teacher_arch, loss, teacher } = &meta.provenance else {
+        panic!("{:?}", meta.provenance)
+    };
     assert_eq!(*teacher_arch, Arch::Lenet);
     assert_eq!(*loss, crt_trainer::config::TransferLoss::Crt { logit_weight: 0.9 });
     assert_eq!(teacher, teacher_dir.to_str().unwrap());
@@ -79,8 +95,22 @@ fn crt_transfer_trains_a_student_and_leaves_the_teacher_untouched() {
     // Same teacher, KD loss into a LeNet student: runs too.
     let kd_dir = tmp.path().join("kd");
     let out = trainer(&[
-        "transfer", "--teacher", teacher_dir.to_str().unwrap(), "--student-arch", "lenet", "--loss", "kd",
-        "--epochs", "1", "--batch-size", "64", "--train-subset", "128", "--test-subset", "50", "--out",
+        "transfer",
+        "--teacher",
+        teacher_dir.to_str().unwrap(),
+        "--student-arch",
+        "lenet",
+        "--loss",
+        "kd",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--train-subset",
+        "128",
+        "--test-subset",
+        "50",
+        "--out",
         kd_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -104,7 +134,8 @@ fn mismatched_sigma_dataset_and_flags_are_refused_clearly() {
     assert!(err.contains("0.5") && err.contains("0.25") && err.contains("--allow-sigma-mismatch"), "{err}");
     assert!(!out_dir.join("model.safetensors").exists());
 
-    let out = trainer(&["transfer", "--teacher", t, "--student-arch", "linear", "--dataset", "fashion-mnist", "--out", o]);
+    let out =
+        trainer(&["transfer", "--teacher", t, "--student-arch", "linear", "--dataset", "fashion-mnist", "--out", o]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("data.dataset") && err.contains("mnist"), "{err}");
 

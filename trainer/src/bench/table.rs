@@ -11,6 +11,8 @@ use super::Mode;
 pub struct Row {
     #[serde(rename = "impl")]
     pub implementation: &'static str,
+    /// crt (the crate's kernels) or candle (candle's own ops).
+    pub kernels: &'static str,
     pub model: String,
     pub mode: Mode,
     pub batch: usize,
@@ -54,18 +56,20 @@ impl Ceiling {
 /// A fixed-width table of the rows, the notes, and the ceiling.
 pub fn render(rows: &[Row], ceiling: Option<&Ceiling>) -> String {
     let mut out = String::new();
-    let header = ["model", "mode", "batch", "threads", "ours items/s", "PyTorch items/s", "ours/PyTorch"];
-    let _ = writeln!(out, "{:<10} {:<8} {:>6} {:>7} {:>13} {:>16} {:>13}", header[0], header[1], header[2], header[3], header[4], header[5], header[6]);
+    let header = ["model", "mode", "batch", "threads", "kernels", "ours items/s", "PyTorch items/s", "ours/PyTorch"];
+    let [h0, h1, h2, h3, h4, h5, h6, h7] = header;
+    let _ = writeln!(out, "{h0:<10} {h1:<8} {h2:>6} {h3:>7} {h4:>7} {h5:>13} {h6:>16} {h7:>13}");
     for r in rows {
         let torch = r.torch_items_per_s.map_or("-".to_string(), |v| format!("{v:.1}"));
         let ratio = r.ratio.map_or("-".to_string(), |v| format!("{v:.2}"));
         let _ = writeln!(
             out,
-            "{:<10} {:<8} {:>6} {:>7} {:>13.1} {:>16} {:>13}",
+            "{:<10} {:<8} {:>6} {:>7} {:>7} {:>13.1} {:>16} {:>13}",
             r.model,
             r.mode.as_str(),
             r.batch,
             r.threads,
+            r.kernels,
             r.items_per_s,
             torch,
             ratio
@@ -92,6 +96,7 @@ mod tests {
     fn row(ratio: Option<f64>) -> Row {
         Row {
             implementation: "crt-trainer",
+            kernels: "crt",
             model: "lenet".into(),
             mode: Mode::Certify,
             batch: 1000,

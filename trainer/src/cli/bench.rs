@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Measure only our side.
     #[arg(long)]
     pub no_torch: bool,
+    /// Whose CPU code runs the layers: crt (the crate's kernels) or candle (candle's own ops), for A/B runs.
+    #[arg(long, default_value = "crt", value_parser = ["crt", "candle"])]
+    pub kernels: String,
     /// Side of the square matrices for the matmul ceiling.
     #[arg(long, default_value_t = 1024)]
     pub matmul_size: usize,
@@ -99,6 +102,7 @@ fn reference(args: &BenchArgs, device: &Device) -> Result<Reference, String> {
 
 pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Result<()> {
     let cases = args.cases()?;
+    crate::kernels::set_enabled(args.kernels == "crt");
     let reference = reference(&args, device);
     let mut rows = Vec::new();
     for case in &cases {
@@ -115,6 +119,7 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
         let items_per_s = case.batch as f64 / median_s;
         let row = Row {
             implementation: "crt-trainer",
+            kernels: if crate::kernels::enabled() { "crt" } else { "candle" },
             model: model.to_string(),
             mode: case.mode,
             batch: case.batch,

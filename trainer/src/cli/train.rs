@@ -118,7 +118,7 @@ impl TrainArgs {
     pub fn into_run_config(self) -> anyhow::Result<RunConfig> {
         let mut cfg = match &self.config {
             Some(path) => read_train_config(path)?,
-            None => self.from_flags()?,
+            None => self.config_from_flags()?,
         };
         if self.config.is_some() {
             if let Some(d) = self.dataset {
@@ -140,7 +140,7 @@ impl TrainArgs {
         Ok(RunConfig::Train(cfg))
     }
 
-    fn from_flags(&self) -> anyhow::Result<TrainConfig> {
+    fn config_from_flags(&self) -> anyhow::Result<TrainConfig> {
         let dataset = self.dataset.ok_or_else(|| anyhow!("--dataset is required (or give --config FILE)"))?;
         let arch = self.arch.ok_or_else(|| anyhow!("--arch is required (or give --config FILE)"))?;
         let name = self.method.as_deref().unwrap_or(if self.sigma.is_some() { "gaussian" } else { "standard" });
@@ -165,7 +165,9 @@ fn read_train_config(path: &Path) -> anyhow::Result<TrainConfig> {
             RunConfig::Train(c) => Ok(c),
             _ => unreachable!("kind train parses as RunConfig::Train"),
         },
-        Some(other) => bail!("--config {}: kind is '{other}', expected 'train' (run it with `crt-trainer run`)", path.display()),
+        Some(other) => {
+            bail!("--config {}: kind is '{other}', expected 'train' (run it with `crt-trainer run`)", path.display())
+        }
     }
 }
 

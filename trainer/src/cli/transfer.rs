@@ -58,7 +58,7 @@ impl TransferArgs {
     pub fn into_run_config(self) -> anyhow::Result<RunConfig> {
         let mut cfg = match &self.config {
             Some(path) => read_transfer_config(path)?,
-            None => self.from_flags()?,
+            None => self.config_from_flags()?,
         };
         if self.config.is_some() {
             if let Some(t) = &self.teacher {
@@ -81,13 +81,14 @@ impl TransferArgs {
         Ok(RunConfig::Transfer(cfg))
     }
 
-    fn from_flags(&self) -> anyhow::Result<TransferConfig> {
+    fn config_from_flags(&self) -> anyhow::Result<TransferConfig> {
         let teacher = self.teacher.clone().ok_or_else(|| anyhow!("--teacher is required (or give --config FILE)"))?;
         let student_arch =
             self.student_arch.ok_or_else(|| anyhow!("--student-arch is required (or give --config FILE)"))?;
         let meta_path = teacher.join(META_FILE);
-        let meta = ModelMeta::read(&meta_path)
-            .with_context(|| format!("--teacher {}: expected a finished training run's output directory", teacher.display()))?;
+        let meta = ModelMeta::read(&meta_path).with_context(|| {
+            format!("--teacher {}: expected a finished training run's output directory", teacher.display())
+        })?;
         Ok(TransferConfig {
             data: DataConfig {
                 dataset: self.dataset.unwrap_or(meta.dataset),

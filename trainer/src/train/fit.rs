@@ -43,8 +43,13 @@ pub struct Job<'a> {
 
 pub enum Fit {
     /// All epochs done; the last test metrics and the training time over all sessions.
-    Finished { metrics: BTreeMap<String, f64>, elapsed_s: f64 },
-    Stopped { checkpoint: PathBuf },
+    Finished {
+        metrics: BTreeMap<String, f64>,
+        elapsed_s: f64,
+    },
+    Stopped {
+        checkpoint: PathBuf,
+    },
 }
 
 /// Where the loop stands: the epoch in progress, batches of it done, steps done in all.
@@ -58,8 +63,7 @@ struct Position {
 /// Runs (or continues) the job to the end or to a stop request.
 pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
     let base_lr = job.optim.lr.context("optim.lr: not resolved")?;
-    let mut optimizer =
-        Sgd::new(job.model.trainable_vars(), base_lr, job.optim.momentum, job.optim.weight_decay);
+    let mut optimizer = Sgd::new(job.model.trainable_vars(), base_lr, job.optim.momentum, job.optim.weight_decay);
     let (mut pos, elapsed_before) = restore(job, &mut optimizer, ctx)?;
     let session = Instant::now();
     let elapsed = || elapsed_before + session.elapsed().as_secs_f64();
@@ -115,7 +119,8 @@ pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
             None => return Ok(Fit::Stopped { checkpoint: job.out_dir.join(checkpoint::CHECKPOINT_FILE) }),
         },
     };
-    let mut metrics: BTreeMap<String, f64> = accuracy_values(acc).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut metrics: BTreeMap<String, f64> =
+        accuracy_values(acc).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     if let Some(loss) = last_train_loss {
         metrics.insert("train/loss".into(), loss);
     }
@@ -146,7 +151,13 @@ fn restore(job: &Job, optimizer: &mut Sgd, ctx: &Context) -> anyhow::Result<(Pos
     Ok((Position { epoch: state.epoch, batch: state.batch, step: state.step }, state.elapsed_s))
 }
 
-fn save_checkpoint(job: &Job, optimizer: &Sgd, pos: Position, elapsed_s: f64, ctx: &Context) -> anyhow::Result<PathBuf> {
+fn save_checkpoint(
+    job: &Job,
+    optimizer: &Sgd,
+    pos: Position,
+    elapsed_s: f64,
+    ctx: &Context,
+) -> anyhow::Result<PathBuf> {
     let state = CheckpointState {
         epoch: pos.epoch,
         batch: pos.batch,
@@ -162,7 +173,8 @@ fn save_checkpoint(job: &Job, optimizer: &Sgd, pos: Position, elapsed_s: f64, ct
 
 fn stop(job: &Job, optimizer: &Sgd, pos: Position, elapsed_s: f64, ctx: &Context) -> anyhow::Result<Fit> {
     let path = save_checkpoint(job, optimizer, pos, elapsed_s, ctx)?;
-    ctx.reporter.log(format!("stop requested: checkpoint at epoch {}, batch {} (step {})", pos.epoch, pos.batch, pos.step));
+    ctx.reporter
+        .log(format!("stop requested: checkpoint at epoch {}, batch {} (step {})", pos.epoch, pos.batch, pos.step));
     Ok(Fit::Stopped { checkpoint: path })
 }
 

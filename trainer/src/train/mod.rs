@@ -106,7 +106,13 @@ pub(crate) struct Made {
 
 /// Writes `model.safetensors` and `model.json` after a finished fit, reporting both; maps the fit
 /// to the run's outcome.
-pub(crate) fn finish(outcome: Fit, model: &Model, made: Made, out_dir: &Path, ctx: &Context) -> anyhow::Result<Outcome> {
+pub(crate) fn finish(
+    outcome: Fit,
+    model: &Model,
+    made: Made,
+    out_dir: &Path,
+    ctx: &Context,
+) -> anyhow::Result<Outcome> {
     let (metrics, elapsed_s) = match outcome {
         Fit::Stopped { checkpoint } => {
             return Ok(Outcome::Stopped { checkpoint: Some(checkpoint.display().to_string()) });

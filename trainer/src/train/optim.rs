@@ -34,11 +34,8 @@ impl Sgd {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         for ((_, var), buffer) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var) else { continue };
-            let grad = if self.weight_decay != 0.0 {
-                (grad + (var.as_tensor() * self.weight_decay)?)?
-            } else {
-                grad.clone()
-            };
+            let grad =
+                if self.weight_decay != 0.0 { (grad + (var.as_tensor() * self.weight_decay)?)? } else { grad.clone() };
             let buf = match buffer.take() {
                 Some(old) if self.momentum != 0.0 => ((old * self.momentum)? + grad)?,
                 _ => grad,

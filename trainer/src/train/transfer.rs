@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
 use super::objective::{Objective, StepInput, StepLoss};
 use super::{augmentation, create_out_dir, finish, fit, identity, load_splits, Job, Made};
 use crate::cli::run::{Context, Outcome};
 use crate::config::{TransferConfig, TransferLoss};
 use crate::models::meta::Provenance;
 use crate::models::{Model, ModelMeta};
+use anyhow::{bail, Context as _};
 
 /// Two noise levels closer than this are the same.
 const SIGMA_TOLERANCE: f64 = 1e-9;
@@ -68,7 +68,10 @@ pub fn transfer(cfg: &TransferConfig, ctx: &Context) -> anyhow::Result<Outcome> 
 
 fn load_teacher(dir: &Path, ctx: &Context) -> anyhow::Result<(Model, ModelMeta)> {
     Model::load_dir(dir, &ctx.device).with_context(|| {
-        format!("teacher {}: expected the output directory of a finished training run (model.safetensors + model.json)", dir.display())
+        format!(
+            "teacher {}: expected the output directory of a finished training run (model.safetensors + model.json)",
+            dir.display()
+        )
     })
 }
 

@@ -1,4 +1,5 @@
 //! Shared helpers of the kernel tests: seeded tensors and tolerant comparisons.
+#![allow(dead_code)] // each test file uses its own subset of the helpers
 
 use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;

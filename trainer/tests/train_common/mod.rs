@@ -28,7 +28,12 @@ pub fn quiet_context(reporter: &Reporter) -> Context<'_> {
 /// A small, fast MNIST training configuration (resolved).
 pub fn small_config(arch: Arch, method: Method, out_dir: &Path, seed: u64) -> TrainConfig {
     TrainConfig {
-        data: DataConfig { dataset: Dataset::Mnist, data_dir: mnist_dir(), train_subset: Some(256), test_subset: Some(100) },
+        data: DataConfig {
+            dataset: Dataset::Mnist,
+            data_dir: mnist_dir(),
+            train_subset: Some(256),
+            test_subset: Some(100),
+        },
         arch,
         method,
         optim: OptimConfig {
