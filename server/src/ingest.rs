@@ -5,7 +5,7 @@
 //! broadcast once it commits. Batching adapts by itself: a quiet trainer gets one small
 //! transaction per line (low latency), a chatty one gets big transactions (high throughput).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -111,6 +111,8 @@ impl Ingest {
     pub async fn store_batch(&mut self, batch: &[Line]) -> anyhow::Result<()> {
         let mut w = self.store.write().await?;
         let mut progress = None;
+        // The latest point per key is written once per batch, not once per line.
+        let mut latest: HashMap<String, MetricPoint> = HashMap::new();
         let mut outcome = self.outcome.clone();
         for line in batch {
             match line.source {
@@ -120,7 +122,7 @@ impl Ingest {
                             // Only the last progress of a batch matters.
                             progress = Some(Progress { phase, done: done as i64, total: total as i64, unit });
                         } else {
-                            self.store_event(&mut w, ev, &mut outcome).await?;
+                            self.store_event(&mut w, ev, &mut outcome, &mut latest).await?;
                         }
                     }
                     Err(_) => self.store_log(&mut w, line.ts, "stdout", None, &line.text, &mut outcome).await?,
@@ -128,6 +130,9 @@ impl Ingest {
                 Source::Stderr => self.store_log(&mut w, line.ts, "stderr", None, &line.text, &mut outcome).await?,
             }
             outcome.lines += 1;
+        }
+        for (key, point) in &latest {
+            store::metrics::upsert_latest(w.conn(), self.run_id, key, point).await?;
         }
         if let Some(p) = progress {
             store::runs::set_progress(w.conn(), self.run_id, &p).await?;
@@ -158,7 +163,13 @@ impl Ingest {
         Ok(())
     }
 
-    async fn store_event(&self, w: &mut WriteTx<'_>, ev: EventLine, outcome: &mut Outcome) -> anyhow::Result<()> {
+    async fn store_event(
+        &self,
+        w: &mut WriteTx<'_>,
+        ev: EventLine,
+        outcome: &mut Outcome,
+        latest: &mut HashMap<String, MetricPoint>,
+    ) -> anyhow::Result<()> {
         let (run, exp) = (self.run_id, self.experiment_id);
         match ev.event {
             Event::Started { config, version, device, threads, resumed_from_step } => {
@@ -170,9 +181,13 @@ impl Ingest {
                 self.store_log(w, ev.ts, "server", Some("info"), &note, outcome).await?;
             }
             Event::Metrics { step, epoch, values } => {
+                store::metrics::upsert_step(w.conn(), run, step as i64, epoch, ev.ts, &values).await?;
                 for (key, value) in &values {
                     let point = MetricPoint { step: step as i64, epoch, ts: ev.ts, value: *value };
-                    store::metrics::upsert(w.conn(), run, key, &point).await?;
+                    let newest = latest.entry(key.clone()).or_insert(point);
+                    if point.step >= newest.step {
+                        *newest = point;
+                    }
                 }
                 outcome.metric_points += values.len() as u64;
                 w.journal(run, exp, "metrics", json!({ "step": step, "epoch": epoch, "values": values })).await?;

@@ -10,6 +10,7 @@ pub mod launch;
 pub mod logging;
 pub mod runs;
 pub mod store;
+pub mod study;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -89,7 +89,7 @@ async fn invalid_requests_are_refused_and_change_nothing() {
             "config.method.sigma",
             "> 0",
         ),
-        (run_req(train(json!({"name": "dropout"}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method", "gaussian"),
+        (run_req(train(json!({"name": "dropout"}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method.name", "gaussian"),
         (
             run_req(
                 json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg16", "method": {"name": "standard"}}),
@@ -144,7 +144,7 @@ async fn invalid_requests_are_refused_and_change_nothing() {
             json!({"experiment_id": "one", "config": train(json!({"name": "standard"}))}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "experiment_id",
-            "integer",
+            "expected i64",
         ),
         (
             json!({"experiment_id": exp, "config": train(json!({"name": "standard"})), "colour": "red"}),

@@ -126,7 +126,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             let path = e.path().to_string();
             let field = if path == "." { "body".to_string() } else { path };
-            ApiError::Invalid { field, message: inner.to_string() }
+            // The position adds nothing once the field is named.
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            ApiError::Invalid { field, message }
         }
     })?;
     de.end().map_err(|e| ApiError::BadRequest { message: format!("invalid JSON: {e}"), field: None })?;

@@ -5,6 +5,7 @@ pub mod errors;
 pub mod openapi;
 pub mod pages;
 pub mod sse;
+pub mod study;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::routes())
         .merge(pages::routes())
+        .merge(study::routes())
         .route("/api/openapi.json", get(openapi::document))
         .nest_service("/static", ServeDir::new(static_dir))
         .fallback(not_found)

@@ -13,21 +13,38 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
-/// Stores one point. A step already stored (a resumed run repeating steps after its last
-/// checkpoint) is overwritten, never duplicated.
-pub async fn upsert(conn: &mut AnyConnection, run_id: i64, key: &str, p: &MetricPoint) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO metrics (run_id, key, step, epoch, ts, value) VALUES ($1, $2, $3, $4, $5, $6) \
+/// Stores the values of one metrics event (one row per key) in one statement. A step already
+/// stored (a resumed run repeating steps after its last checkpoint) is overwritten, never
+/// duplicated.
+pub async fn upsert_step(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    step: i64,
+    epoch: Option<f64>,
+    ts: f64,
+    values: &BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..values.len())
+        .map(|i| format!("($1, ${}, $2, $3, $4, ${})", 5 + 2 * i, 6 + 2 * i))
+        .collect();
+    let sql = format!(
+        "INSERT INTO metrics (run_id, key, step, epoch, ts, value) VALUES {} \
          ON CONFLICT (run_id, key, step) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",
-    )
-    .bind(run_id)
-    .bind(key)
-    .bind(p.step)
-    .bind(p.epoch)
-    .bind(p.ts)
-    .bind(p.value)
-    .execute(&mut *conn)
-    .await?;
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(run_id).bind(step).bind(epoch).bind(ts);
+    for (key, value) in values {
+        query = query.bind(key.as_str()).bind(*value);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// Updates the latest value of a key, unless a later step is already stored.
+pub async fn upsert_latest(conn: &mut AnyConnection, run_id: i64, key: &str, p: &MetricPoint) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO metric_latest (run_id, key, step, epoch, ts, value) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, epoch = excluded.epoch, ts = excluded.ts, \
@@ -39,7 +56,7 @@ pub async fn upsert(conn: &mut AnyConnection, run_id: i64, key: &str, p: &Metric
     .bind(p.epoch)
     .bind(p.ts)
     .bind(p.value)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
     Ok(())
 }

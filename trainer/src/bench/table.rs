@@ -75,8 +75,14 @@ pub fn render(rows: &[Row], ceiling: Option<&Ceiling>) -> String {
             ratio
         );
     }
-    for r in rows.iter().filter(|r| r.note.is_some()) {
-        let _ = writeln!(out, "note ({} {}): {}", r.model, r.mode.as_str(), r.note.as_deref().unwrap_or_default());
+    // A note shared by every row (PyTorch skipped) is printed once.
+    let notes: Vec<&str> = rows.iter().filter_map(|r| r.note.as_deref()).collect();
+    if !notes.is_empty() && notes.len() == rows.len() && notes.iter().all(|n| *n == notes[0]) {
+        let _ = writeln!(out, "note: {}", notes[0]);
+    } else {
+        for r in rows.iter().filter(|r| r.note.is_some()) {
+            let _ = writeln!(out, "note ({} {}): {}", r.model, r.mode.as_str(), r.note.as_deref().unwrap_or_default());
+        }
     }
     if let Some(c) = ceiling {
         let _ = write!(out, "candle fp32 matmul ({0}x{0}): {1:.1} GFLOP/s", c.matmul_n, c.matmul_gflops);
@@ -120,6 +126,8 @@ mod tests {
         assert!(text.contains("4000.0") && text.contains("0.50"), "{text}");
         assert!(text.contains("note (lenet certify): no torch"), "{text}");
         assert!(text.contains("= 9.2% of matmul"), "{text}");
+        let same = render(&[row(None), row(None)], None);
+        assert_eq!(same.matches("note").count(), 1, "{same}");
     }
 
     #[test]

@@ -1,0 +1,159 @@
+// A CRT study: the form that creates one (with the MNIST quick-start preset), and the study
+// page, whose comparison table and certified-accuracy chart refill as the study's runs end.
+
+import { api, pageData } from './api.js';
+import { ChartSlot, PALETTE } from './charts.js';
+import { showError, clearErrors, busy } from './forms.js';
+
+/** Sized to finish in a few minutes on a laptop CPU: a LeNet teacher trained with Gaussian
+ * noise for one epoch on 10 000 images, one linear student, 30 certified test images. */
+export const QUICK_START = {
+  name: 'Quick start: CRT on MNIST',
+  dataset: 'mnist',
+  teacher: { arch: 'lenet', method: { name: 'gaussian', sigma: 0.25 }, epochs: 1 },
+  students: ['linear'],
+  transfer: { logit_weight: 1 },
+  certify: { n0: 100, n: 1000, alpha: 0.001, skip: 100, max: 30 },
+  train_subset: 10000,
+  test_subset: 1000,
+};
+
+async function start(body) {
+  const created = await api('POST', '/studies', body);
+  window.location.assign(`/studies/${created.experiment_id}`);
+}
+
+function formBody(form) {
+  const v = (path) => form.querySelector(`[data-path="${path}"]`).value.trim();
+  const n = (path) => (v(path) === '' ? undefined : Number(v(path)));
+  return {
+    name: v('name'),
+    dataset: v('dataset'),
+    teacher: { arch: v('teacher.arch'), method: { name: v('teacher.method.name'), sigma: n('teacher.method.sigma') }, epochs: n('teacher.epochs') },
+    students: v('students').split(',').map((s) => s.trim()).filter(Boolean),
+    transfer: { logit_weight: n('transfer.logit_weight') },
+    certify: { n0: n('certify.n0'), n: n('certify.n'), alpha: n('certify.alpha'), skip: n('certify.skip'), max: n('certify.max') },
+    train_subset: n('train_subset'),
+    test_subset: n('test_subset'),
+  };
+}
+
+function setupForm(form) {
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    busy(form, () => start(formBody(form)).catch((e) => showError(form, e)));
+  });
+  document.getElementById('study-quick').addEventListener('click', () => {
+    clearErrors(form);
+    busy(form, () => start(QUICK_START).catch((e) => showError(form, e)));
+  });
+  // The dashboard's "Quick start" link lands here with ?quick=1: one click starts the study.
+  if (new URLSearchParams(window.location.search).get('quick') === '1') {
+    busy(form, () => start(QUICK_START).catch((e) => showError(form, e)));
+  }
+}
+
+const fmt = {
+  pct: (x) => (x === null || x === undefined ? '—' : `${(x * 100).toFixed(1)}%`),
+  num: (x, d = 3) => (x === null || x === undefined ? '—' : x.toFixed(d)),
+};
+
+function cell(text, numeric = false) {
+  const td = document.createElement('td');
+  if (numeric) td.className = 'num';
+  td.textContent = text;
+  return td;
+}
+
+function runLink(id, status) {
+  const td = document.createElement('td');
+  if (id === null || id === undefined) {
+    td.textContent = '—';
+    return td;
+  }
+  const a = document.createElement('a');
+  a.href = `/runs/${id}`;
+  a.className = `chip status-${status}`;
+  a.textContent = status;
+  td.append(a);
+  return td;
+}
+
+function drawTable(table) {
+  const body = document.querySelector('#study-table tbody');
+  body.replaceChildren(
+    ...table.rows.map((r) => {
+      const tr = document.createElement('tr');
+      tr.dataset.role = r.role;
+      tr.append(
+        cell(r.role),
+        cell(r.arch ?? '—'),
+        runLink(r.train_run, r.train_status),
+        runLink(r.certify_run, r.certify_status),
+        cell(fmt.pct(r.test_acc), true),
+        cell(fmt.pct(r.clean_acc), true),
+        ...r.certified_acc.map((a) => cell(fmt.pct(a), true)),
+        cell(fmt.num(r.acr), true),
+        cell(fmt.num(r.train_wall_time_s, 1), true),
+        cell(r.speedup === null ? '—' : `${r.speedup.toFixed(2)}×`, true),
+      );
+      return tr;
+    }),
+  );
+  document.getElementById('study-state').textContent = table.done ? 'all runs ended' : 'running…';
+}
+
+/** Certified accuracy at x: the step curve's value at the largest radius ≤ x. */
+function stepAt(points, x) {
+  let value = null;
+  for (const [r, acc] of points) if (r <= x + 1e-9) value = acc;
+  return x > points[points.length - 1][0] + 1e-9 ? null : value;
+}
+
+function drawChart(slot, table) {
+  const curves = table.curves.filter((c) => c.points.length > 0);
+  document.getElementById('study-chart-empty').hidden = curves.length > 0;
+  if (curves.length === 0) return;
+  const xs = [...new Set(curves.flatMap((c) => c.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const data = [xs, ...curves.map((c) => xs.map((x) => stepAt(c.points, x)))];
+  const series = curves.map((c, i) => ({ label: c.role, color: PALETTE[i % PALETTE.length], dash: c.role.startsWith('baseline/') ? [6, 4] : undefined }));
+  slot.render({ series, xLabel: 'radius', yLabel: 'certified accuracy', percent: true, yRange: [0, 1] }, data);
+}
+
+function setupStudy(initial) {
+  const slot = new ChartSlot(document.getElementById('study-chart'), 300);
+  const draw = (table) => {
+    drawTable(table);
+    drawChart(slot, table);
+  };
+  draw(initial);
+  let pending = false;
+  const refresh = async () => {
+    if (pending) return;
+    pending = true;
+    try {
+      draw(await api('GET', `/studies/${initial.experiment_id}`));
+    } finally {
+      pending = false;
+    }
+  };
+  if (initial.done) return;
+  // Status changes are what change the table (a run ends with its summary).
+  const source = new EventSource(`/api/v1/experiments/${initial.experiment_id}/events`);
+  // The stream replays past events first: coalesce bursts into one refetch.
+  let timer = null;
+  source.addEventListener('status', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => refresh().catch(() => {}), 250);
+  });
+  window.addEventListener('pagehide', () => source.close());
+}
+
+const data = pageData();
+if (data && data.rows) {
+  setupStudy(data);
+} else {
+  const form = document.getElementById('study-form');
+  if (form) setupForm(form);
+}
