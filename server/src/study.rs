@@ -195,7 +195,11 @@ pub async fn create(manager: &RunManager, req: &StudyRequest) -> Result<StudyCre
 }
 
 /// The study's runs, by role.
-async fn create_runs(manager: &RunManager, req: &StudyRequest, experiment_id: i64) -> Result<BTreeMap<String, i64>, RunError> {
+async fn create_runs(
+    manager: &RunManager,
+    req: &StudyRequest,
+    experiment_id: i64,
+) -> Result<BTreeMap<String, i64>, RunError> {
     let mut created = BTreeMap::new();
     let add = |role: String, parents: Vec<i64>, config: Value| CreateRunRequest {
         experiment_id,
@@ -300,7 +304,10 @@ fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
         certify_status: cert.map(|c| c.status.as_str().to_string()),
         test_acc: metric(model, "test/acc"),
         clean_acc: cert.and_then(|c| metric(c, "clean_acc").or_else(|| metric(c, "certified_acc@0"))),
-        certified_acc: TABLE_RADII.iter().map(|r| if curve.is_empty() { None } else { at_radius(&curve, *r) }).collect(),
+        certified_acc: TABLE_RADII
+            .iter()
+            .map(|r| if curve.is_empty() { None } else { at_radius(&curve, *r) })
+            .collect(),
         acr: cert.and_then(|c| metric(c, "acr")),
         train_wall_time_s: model.wall_time_s,
         speedup: None,
@@ -323,9 +330,8 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
             model_row(m, cert)
         })
         .collect();
-    let finished_time = |role: &str| {
-        rows.iter().find(|r| r.role == role && r.train_status == "finished").map(|r| r.train_wall_time_s)
-    };
+    let finished_time =
+        |role: &str| rows.iter().find(|r| r.role == role && r.train_status == "finished").map(|r| r.train_wall_time_s);
     let speedups: Vec<Option<f64>> = rows
         .iter()
         .map(|row| {

@@ -65,7 +65,14 @@ async fn study_runs_and_fills_its_table() {
     let roles: Vec<&str> = created["runs"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         roles,
-        ["baseline/linear", "certify/baseline/linear", "certify/crt/linear", "certify/teacher", "crt/linear", "teacher"]
+        [
+            "baseline/linear",
+            "certify/baseline/linear",
+            "certify/crt/linear",
+            "certify/teacher",
+            "crt/linear",
+            "teacher"
+        ]
     );
     let run_ids: Vec<i64> = created["runs"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).collect();
     for run in &run_ids {

@@ -105,6 +105,7 @@ async fn dashboard_end_to_end() {
     assert_eq!(exp["tags"], json!(["mnist", "lenet"]), "{exp}");
 
     // ---- a bad value: the server's message appears next to the field ----
+    eprintln!("ui test: a bad σ");
     b.click("#launch-link").await;
     b.wait_path("the launch page", &format!("/experiments/{experiment}/launch")).await;
     fill_training_form(&b, "bad sigma", "-1").await;
@@ -125,6 +126,7 @@ async fn dashboard_end_to_end() {
     assert_eq!(runs, json!([]), "a refused launch must not create a run");
 
     // ---- a good launch: charts and status update live on the run page ----
+    eprintln!("ui test: training through the form");
     b.fill("#train-config-method-sigma", "0.25").await;
     b.fill("#train-name", "LeNet σ = 0.25").await;
     b.click("#train-form button[type=submit]").await;
@@ -176,6 +178,7 @@ async fn dashboard_end_to_end() {
     b.client.set_window_size(1280, 900).await.unwrap();
 
     // ---- certify this model from its run page ----
+    eprintln!("ui test: certification from the run page");
     let cert = certify_from_run_page(&b).await;
     assert_eq!(wait_final_status(&b).await, "finished", "certification: {:#}", server.run(cert).await);
     let rows = b
@@ -201,12 +204,14 @@ async fn dashboard_end_to_end() {
     assert!(tiles.as_str().unwrap().contains(&CERT_IMAGES.to_string()), "{tiles}");
 
     // ---- a second model, certified the same way ----
+    eprintln!("ui test: a second model");
     let second = launch_training(&b, &server, experiment, "LeNet σ = 0.5", "0.5").await;
     assert_eq!(wait_final_status(&b).await, "finished", "{:#}", server.run(second).await);
     let second_cert = certify_from_run_page(&b).await;
     assert_eq!(wait_final_status(&b).await, "finished", "{:#}", server.run(second_cert).await);
 
     // ---- the experiment page lists all four, with the models' certified accuracy ----
+    eprintln!("ui test: the experiment page");
     b.goto(&server.url(&format!("/experiments/{experiment}"))).await;
     let listed = b
         .wait_js("four runs", PAGE_TIMEOUT, "const n = document.querySelectorAll('#runs-table tbody tr').length; return n === 4 ? n : null;")
@@ -221,6 +226,7 @@ async fn dashboard_end_to_end() {
     b.wait_path("the compare page", "/compare").await;
 
     // ---- compare: the certified-accuracy table holds the server's numbers ----
+    eprintln!("ui test: the compare page");
     for (model, certification) in [(teacher, cert), (second, second_cert)] {
         let s = summary(&server, certification).await;
         let expected: Vec<String> =
@@ -249,6 +255,7 @@ async fn dashboard_end_to_end() {
     b.screenshot_page(1280, &ui_support::docs_dir().join("compare-page.png")).await;
 
     // ---- phone width: no page scrolls sideways ----
+    eprintln!("ui test: phone width");
     b.client.set_window_size(390, 844).await.unwrap();
     for path in ["/".to_string(), format!("/experiments/{experiment}"), format!("/runs/{teacher}"), format!("/runs/{cert}")] {
         b.goto(&server.url(&path)).await;

@@ -122,3 +122,38 @@ fn fused_relu_at_zero_passes_no_gradient() {
     let candle = reference(&x, w.as_tensor(), None, 1, 1, true).sum_all().unwrap().backward().unwrap();
     assert!(candle.get(w.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
 }
+
+fn pool_reference(y: &Tensor, k: usize) -> Tensor {
+    let (n, c, h, w) = y.dims4().unwrap();
+    let y = y.narrow(2, 0, h / k * k).unwrap().narrow(3, 0, w / k * k).unwrap();
+    y.reshape((n, c, h / k, k, w / k, k)).unwrap().max(5).unwrap().max(3).unwrap()
+}
+
+/// Convolution + bias + ReLU + max-pooling fused, against the four steps one after another.
+#[test]
+fn fused_pooling_matches_conv_relu_then_pool() {
+    let mut r = rng(11);
+    let cases = [([3, 1, 28, 28], [20, 1, 5, 5], 2), ([3, 20, 12, 12], [50, 20, 5, 5], 2), ([2, 3, 11, 10], [4, 3, 3, 3], 3)];
+    for (xd, wd, k) in cases {
+        for input_tracked in [false, true] {
+            let what = format!("{xd:?} * {wd:?} pool {k} input tracked {input_tracked}");
+            let (x, w, b) = (var(&mut r, &xd), var(&mut r, &wd), var(&mut r, &[wd[0]]));
+            let xt = if input_tracked { x.as_tensor().clone() } else { x.as_tensor().detach() };
+            let ours = kernels::conv2d_pool(&xt, w.as_tensor(), Some(b.as_tensor()), 1, 0, true, k).unwrap();
+            let want = pool_reference(&reference(&xt, w.as_tensor(), Some(b.as_tensor()), 1, 0, true), k);
+            assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
+            let weights = random(&mut r, want.dims());
+            let got = weighted_sum(&ours, &weights).backward().unwrap();
+            let exp = weighted_sum(&want, &weights).backward().unwrap();
+            for (name, v) in [("kernel", &w), ("bias", &b)] {
+                let (g, e) = (got.get(v.as_tensor()).unwrap(), exp.get(v.as_tensor()).unwrap());
+                assert_close(g, e, 1e-5, &format!("{name} gradient {what}"));
+            }
+            if input_tracked {
+                assert_close(got.get(&xt).unwrap(), exp.get(&xt).unwrap(), 1e-5, &format!("input gradient {what}"));
+            } else {
+                assert!(got.get(&xt).is_none(), "{what}");
+            }
+        }
+    }
+}

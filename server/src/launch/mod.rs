@@ -69,6 +69,28 @@ pub fn is_run_trainer(pid: i32, pgid: i32, run_dir: &Path) -> bool {
     cmdline.split(|&b| b == 0).any(|arg| Path::new(OsStr::from_bytes(arg)) == wanted)
 }
 
+/// Live trainer processes started for any run under `runs_dir` (found by the config path on
+/// their command line), as (pid, pgid). At start-up, before this server has started any, these
+/// are leftovers of a previous server.
+pub fn trainers_under(runs_dir: &Path) -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let ours = cmdline.split(|&b| b == 0).any(|arg| {
+            let arg = Path::new(OsStr::from_bytes(arg));
+            arg.starts_with(runs_dir) && arg.file_name() == Some(OsStr::new(CONFIG_FILE))
+        });
+        if ours && is_alive(pid) {
+            if let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+                found.push((pid, pgid.as_raw()));
+            }
+        }
+    }
+    found
+}
+
 /// Alive and not a zombie (an orphaned trainer's zombie may linger if nobody reaps it).
 pub fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -122,11 +144,30 @@ mod tests {
         tokio::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).await.unwrap();
         assert_eq!(ready.trim(), "ready");
         assert!(!is_run_trainer(pid, pid, dir.path()), "a shell is not this run's trainer");
+        assert!(trainers_under(dir.path()).is_empty());
         let start = Instant::now();
         terminate_orphan(pid, pid, Duration::from_millis(300)).await.unwrap();
         let status = child.wait().await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(300));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
+    }
+
+    #[tokio::test]
+    async fn finds_trainers_by_their_config_path() {
+        let runs = tempfile::tempdir().unwrap();
+        let config = config_path(&runs.path().join("7"));
+        // Any process whose arguments name a run's config file counts (here a shell).
+        let mut child =
+            Command::new("sh").args(["-c", "sleep 30", "sh"]).arg(&config).process_group(0).spawn().unwrap();
+        let pid = child.id().unwrap() as i32;
+        assert_eq!(trainers_under(runs.path()), vec![(pid, pid)]);
+        assert!(is_run_trainer(pid, pid, &runs.path().join("7")));
+        assert!(!is_run_trainer(pid, pid, &runs.path().join("8")), "another run's trainer");
+        let other = tempfile::tempdir().unwrap();
+        assert!(trainers_under(other.path()).is_empty(), "another data directory's trainers are not ours");
+        terminate_orphan(pid, pid, Duration::from_secs(5)).await.unwrap();
+        child.wait().await.unwrap();
+        assert!(trainers_under(runs.path()).is_empty());
     }
 }

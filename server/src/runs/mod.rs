@@ -441,6 +441,12 @@ impl RunManager {
             };
             self.record_ending(&run, &end).await?;
         }
+        // A trainer of a run not marked running: the previous server died between starting it
+        // and recording it. It would collide with the run's next start.
+        for (pid, pgid) in launch::trainers_under(&self.settings.runs_dir) {
+            tracing::warn!(pid, "ending a stray trainer left by a previous server");
+            launch::terminate_orphan(pid, pgid, Duration::from_secs(5)).await?;
+        }
         Ok(())
     }
 }

@@ -1,46 +1,130 @@
-//! 2-D convolution as im2col + gemm per sample, with an optional bias and ReLU applied while the
-//! output is still in cache, and a backward pass that computes only the gradients the graph needs:
+//! 2-D convolution as im2col + gemm per sample, with an optional bias, ReLU and max-pooling applied
+//! while the output is still in cache, and a backward pass that computes only the gradients the
+//! graph needs:
 //!   input:  dX_s = col2im(Wᵀ · dY_s)     (skipped for images, which are not tracked)
 //!   weight: dW   = Σ_s dY_s · im2col(X_s)ᵀ
 //!   bias:   db   = Σ_s Σ_pixels dY_s
-//! where dY is the output gradient with the ReLU's mask applied.
+//! where dY is the output gradient with the ReLU's mask applied (and, after pooling, routed back to
+//! each window's maximum, whose position the forward pass records).
+
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::eltwise::relu_masked;
 use super::gemm::{matmul, View};
 use super::im2col::{col2im_add, im2col, ConvGeom};
+use super::pool::{pool_plane, unpool_plane};
 use super::storage::{slice, with_values};
 
 const NAME: &str = "crt-conv2d";
 
-/// The op: stride and padding (the same on both axes), and whether a ReLU follows.
-#[derive(Debug, Clone, Copy)]
+/// The op: stride and padding (the same on both axes), whether a ReLU follows, and the window of
+/// the max-pooling after it (1: none).
+#[derive(Debug)]
 pub struct Conv2d {
     pub stride: usize,
     pub pad: usize,
     pub relu: bool,
+    pub pool: usize,
+    /// Whether the backward pass will run (then the pooling records its maxima).
+    pub tracked: bool,
+    /// Each pooled value's window offset of its maximum, [N, cout, ho / pool, wo / pool].
+    argmax: Mutex<Vec<u8>>,
 }
 
 impl Conv2d {
-    fn geom(&self, x: &Layout, w: &Layout) -> Result<ConvGeom> {
-        ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)
+    pub fn new(stride: usize, pad: usize, relu: bool, pool: usize, tracked: bool) -> Self {
+        Conv2d { stride, pad, relu, pool: pool.max(1), tracked, argmax: Mutex::new(Vec::new()) }
     }
 
-    /// The output [N, cout, ho, wo] of input x [N, cin, h, w] and kernel w [cout, cin, kh, kw].
+    fn geom(&self, x: &Layout, w: &Layout) -> Result<ConvGeom> {
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        if self.pool > 15 || g.ho < self.pool || g.wo < self.pool {
+            candle_core::bail!("{NAME}: pooling window {} does not fit a {}x{} output", self.pool, g.ho, g.wo)
+        }
+        Ok(g)
+    }
+
+    /// Output values per sample: cout x (ho / pool) x (wo / pool).
+    fn pooled_len(&self, g: &ConvGeom) -> usize {
+        g.cout * (g.ho / self.pool) * (g.wo / self.pool)
+    }
+
+    /// The output of input x [N, cin, h, w] and kernel w [cout, cin, kh, kw].
     pub fn forward(&self, g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let mut out = vec![0f32; g.batch * g.out_len()];
-        let kernel = View::row_major(w, g.cout, g.patch());
+        let out_len = self.pooled_len(g);
+        let mut out = vec![0f32; g.batch * out_len];
+        let record = self.tracked && self.pool > 1;
+        let mut argmax = vec![0u8; if record { out.len() } else { 0 }];
         let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
-        out.par_chunks_mut(g.out_len()).zip(x.par_chunks(g.in_len())).for_each_init(
-            || vec![0f32; col_len],
-            |col, (y, xs)| {
-                let col = patches(g, xs, col);
-                matmul(y, kernel, View::row_major(col, g.patch(), g.pixels()), false);
-                epilogue(y, g.pixels(), bias, self.relu);
-            },
-        );
+        let full_len = if self.pool > 1 { g.out_len() } else { 0 };
+        let init = || (vec![0f32; col_len], vec![0f32; full_len]);
+        let sample = |(col, full): &mut (Vec<f32>, Vec<f32>), s: usize, o: &mut [f32], am: Option<&mut [u8]>| {
+            self.sample_forward(g, &x[s * g.in_len()..][..g.in_len()], w, bias, (col, full), o, am);
+        };
+        if record {
+            let chunks = out.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len));
+            chunks.enumerate().for_each_init(init, |bufs, (s, (o, am))| sample(bufs, s, o, Some(am)));
+            *self.argmax.lock().expect("argmax lock") = argmax;
+        } else {
+            out.par_chunks_mut(out_len).enumerate().for_each_init(init, |bufs, (s, o)| sample(bufs, s, o, None));
+        }
         out
+    }
+
+    /// One sample: gemm into the output (or a scratch plane set when pooling), bias and ReLU,
+    /// then the pooling.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_forward(
+        &self,
+        g: &ConvGeom,
+        xs: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        (col, full): (&mut [f32], &mut [f32]),
+        out: &mut [f32],
+        argmax: Option<&mut [u8]>,
+    ) {
+        let kernel = View::row_major(w, g.cout, g.patch());
+        let col = View::row_major(patches(g, xs, col), g.patch(), g.pixels());
+        if self.pool == 1 {
+            matmul(out, kernel, col, false);
+            epilogue(out, g.pixels(), bias, self.relu);
+            return;
+        }
+        matmul(full, kernel, col, false);
+        epilogue(full, g.pixels(), bias, self.relu);
+        let (k, plane) = (self.pool, (g.ho / self.pool) * (g.wo / self.pool));
+        let mut argmax = argmax;
+        for c in 0..g.cout {
+            let am = argmax.as_deref_mut().map(|a| &mut a[c * plane..][..plane]);
+            pool_plane(k, g.ho, g.wo, &full[c * g.pixels()..][..g.pixels()], &mut out[c * plane..][..plane], am);
+        }
+    }
+
+    /// The gradient of the convolution's own output [N, cout, ho, wo]: the pooled gradient routed
+    /// to the recorded maxima, behind the ReLU's mask (a pooled value > 0 iff its maximum was).
+    fn unpooled_grad(&self, g: &ConvGeom, grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
+        // Kept (not taken) in case the same graph is differentiated twice.
+        let argmax = self.argmax.lock().expect("argmax lock");
+        if argmax.is_empty() {
+            candle_core::bail!("{NAME}: backward pass without recorded maxima (the input was not tracked)")
+        }
+        let (k, wo_p) = (self.pool, g.wo / self.pool);
+        let plane = (g.ho / k) * wo_p;
+        let mut dy = vec![0f32; g.batch * g.out_len()];
+        with_values(grad, NAME, |gv| {
+            with_values(res, NAME, |rv| {
+                let pooled = gv.par_chunks(plane).zip(rv.par_chunks(plane)).zip(argmax[..].par_chunks(plane));
+                dy.par_chunks_mut(g.pixels()).zip(pooled).for_each(|(d, ((gp, rp), ap))| {
+                    unpool_plane(k, g.wo, gp, ap, wo_p, d, |j| !self.relu || rp[j] > 0.0);
+                });
+                Ok(())
+            })
+        })?;
+        Ok(dy)
     }
 
     /// Gradients of x, w and the bias, each only when asked for.
@@ -48,7 +132,13 @@ impl Conv2d {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let (need_dx, need_dw) = (x.track_op(), w.track_op());
         let need_db = bias.is_some_and(|b| b.track_op());
-        let dy = if self.relu { relu_mask(grad, res)? } else { with_values(grad, NAME, |v| Ok(v.to_vec()))? };
+        let dy = if self.pool > 1 {
+            self.unpooled_grad(&g, grad, res)?
+        } else if self.relu {
+            relu_mask(grad, res)?
+        } else {
+            with_values(grad, NAME, |v| Ok(v.to_vec()))?
+        };
         let dx = if need_dx {
             let dx = with_values(w, NAME, |w| Ok(input_grad(&g, w, &dy)))?;
             Some(Tensor::from_vec(dx, x.shape(), x.device())?)
@@ -100,17 +190,7 @@ fn epilogue(y: &mut [f32], pixels: usize, bias: Option<&[f32]>, relu: bool) {
 
 /// The output gradient where the ReLU let the value through (output > 0), zero elsewhere.
 pub fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
-    with_values(grad, NAME, |g| {
-        with_values(res, NAME, |r| {
-            let mut out = vec![0f32; g.len()];
-            out.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14))).for_each(|(o, (g, r))| {
-                for ((o, g), r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if *r > 0.0 { *g } else { 0.0 };
-                }
-            });
-            Ok(out)
-        })
-    })
+    with_values(grad, NAME, |g| with_values(res, NAME, |r| Ok(relu_masked(g, r))))
 }
 
 /// dX = col2im(Wᵀ · dY), sample by sample.
@@ -161,8 +241,10 @@ pub fn param_grads(g: &ConvGeom, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) 
     )
 }
 
-fn output(g: &ConvGeom, data: Vec<f32>) -> (CpuStorage, Shape) {
-    (CpuStorage::F32(data), Shape::from((g.batch, g.cout, g.ho, g.wo)))
+impl Conv2d {
+    fn output(&self, g: &ConvGeom, data: Vec<f32>) -> (CpuStorage, Shape) {
+        (CpuStorage::F32(data), Shape::from((g.batch, g.cout, g.ho / self.pool, g.wo / self.pool)))
+    }
 }
 
 impl CustomOp2 for Conv2d {
@@ -172,7 +254,7 @@ impl CustomOp2 for Conv2d {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(xl, wl)?;
-        Ok(output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None)))
+        Ok(self.output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -200,7 +282,7 @@ impl CustomOp3 for Conv2d {
         if bias.len() != g.cout {
             candle_core::bail!("{NAME}: bias has {} values for {} output channels", bias.len(), g.cout)
         }
-        Ok(output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, Some(bias))))
+        Ok(self.output(&g, self.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, Some(bias))))
     }
 
     fn bwd(

@@ -13,6 +13,17 @@ const CHUNK: usize = 1 << 14;
 
 pub struct AddRelu;
 
+/// The gradient where the ReLU's output is positive, zero elsewhere (PyTorch's threshold backward).
+pub fn relu_masked(grad: &[f32], res: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; grad.len()];
+    out.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK).zip(res.par_chunks(CHUNK))).for_each(|(o, (g, r))| {
+        for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
+            *o = if r > 0.0 { g } else { 0.0 };
+        }
+    });
+    out
+}
+
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         NAME

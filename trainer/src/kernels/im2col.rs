@@ -117,8 +117,14 @@ pub fn col2im_add(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
                     let src = &row[oy * g.wo..][x_lo..x_hi];
                     let dst = &mut plane[(oy * s + ky - g.pad) * g.w..][..g.w];
                     let first = x_lo * s + kx - g.pad;
-                    for (d, v) in dst[first..].iter_mut().step_by(s).zip(src) {
-                        *d += *v;
+                    if s == 1 {
+                        for (d, v) in dst[first..first + src.len()].iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in dst[first..].iter_mut().step_by(s).zip(src) {
+                            *d += *v;
+                        }
                     }
                 }
             }

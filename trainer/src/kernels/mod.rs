@@ -40,15 +40,31 @@ fn fast(x: &Tensor) -> bool {
 
 /// conv2d(x, w) + bias, then ReLU when `relu`: x [N, C, H, W], w [O, C, KH, KW], bias [O].
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+    conv2d_pool(x, w, bias, stride, padding, relu, 1)
+}
+
+/// [`conv2d`] followed by k x k max-pooling with stride k (k = 1: none), fused so that the
+/// unpooled output never leaves the cache.
+pub fn conv2d_pool(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+    pool: usize,
+) -> Result<Tensor> {
     if !fast(x) {
         let y = x.conv2d(w, padding, stride, 1, 1)?;
         let y = match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
             None => y,
         };
-        return if relu { y.relu() } else { Ok(y) };
+        let y = if relu { y.relu()? } else { y };
+        return if pool > 1 { max_pool_reduce(&y, pool) } else { Ok(y) };
     }
-    let op = conv::Conv2d { stride, pad: padding, relu };
+    let tracked = x.track_op() || w.track_op() || bias.is_some_and(|b| b.track_op());
+    let op = conv::Conv2d::new(stride, padding, relu, pool, tracked);
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match bias {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
@@ -64,6 +80,15 @@ pub fn conv_layer(x: &Tensor, conv: &Conv2d, relu: bool) -> Result<Tensor> {
         return if relu { y.relu() } else { Ok(y) };
     }
     conv2d(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding, relu)
+}
+
+/// A candle_nn convolution layer with ReLU and k x k max-pooling fused (see [`conv2d_pool`]).
+pub fn conv_relu_pool_layer(x: &Tensor, conv: &Conv2d, pool: usize) -> Result<Tensor> {
+    let cfg = conv.config();
+    if cfg.dilation != 1 || cfg.groups != 1 {
+        return max_pool2d(&conv.forward(x)?.relu()?, pool);
+    }
+    conv2d_pool(x, conv.weight(), conv.bias(), cfg.stride, cfg.padding, true, pool)
 }
 
 /// A bias-free convolution layer followed by `bn` (training or eval mode), ReLU after when `relu`.

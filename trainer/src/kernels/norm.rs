@@ -6,6 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::eltwise::relu_masked;
 use super::storage::{slice, with_values};
 
 const NAME: &str = "crt-batch-norm";
@@ -36,9 +37,10 @@ impl BatchStats {
                 .into_par_iter()
                 .map(|ch| {
                     let planes = (0..n).map(|s| &v[(s * c + ch) * hw..][..hw]);
-                    let sum: f64 = planes.clone().map(|p| p.iter().map(|&x| x as f64).sum::<f64>()).sum();
+                    let sum: f64 = planes.clone().map(|p| lane_sum(p, |x| x) as f64).sum();
                     let mean = sum / (n * hw) as f64;
-                    let sq: f64 = planes.map(|p| p.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>()).sum();
+                    let m = mean as f32;
+                    let sq: f64 = planes.map(|p| lane_sum(p, |x| (x - m) * (x - m)) as f64).sum();
                     (mean, sq / (n * hw) as f64)
                 })
                 .collect();
@@ -86,46 +88,66 @@ impl BatchNormTrain {
     /// (dx, dweight, dbias) from x, the weight, the output (for the ReLU mask) and its gradient.
     fn backward(&self, dims: &[usize], x: &[f32], weight: &[f32], res: &[f32], grad: &[f32]) -> Result<[Vec<f32>; 3]> {
         let (n, c, hw) = dims3(dims)?;
-        let relu = self.relu;
-        let dy = |i: usize| if relu && res[i] <= 0.0 { 0.0 } else { grad[i] };
-        // Per channel: Σ dy and Σ dy * xhat, in f64.
+        // dx starts as the output gradient behind the ReLU's mask.
+        let mut dx = if self.relu { relu_masked(grad, res) } else { grad.to_vec() };
+        // Per channel: Σ dy and Σ dy * (x - mean), plane sums in f32 lanes, added in f64.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
-                let (mut s_dy, mut s_dy_xhat) = (0f64, 0f64);
-                for s in 0..n {
+                let mean = self.mean[ch];
+                (0..n).fold((0f64, 0f64), |(a, b), s| {
                     let base = (s * c + ch) * hw;
-                    let (mut a, mut b) = (0f32, 0f32);
-                    for i in base..base + hw {
-                        let d = dy(i);
-                        a += d;
-                        b += d * (x[i] - mean) * inv_std;
-                    }
-                    s_dy += a as f64;
-                    s_dy_xhat += b as f64;
-                }
-                (s_dy, s_dy_xhat)
+                    let (d, xs) = (&dx[base..base + hw], &x[base..base + hw]);
+                    (a + lane_sum(d, |v| v) as f64, b + lane_dot(d, xs, mean) as f64)
+                })
             })
             .collect();
         let count = (n * hw) as f64;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
+        let (mean, inv_std) = (&self.mean, &self.inv_std);
+        let xhat_sums: Vec<f64> = sums.iter().zip(inv_std).map(|(s, &i)| s.1 * i as f64).collect();
+        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (d, xs))| {
             let ch = p % c;
-            let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
+            let (m, i) = (mean[ch], inv_std[ch]);
             let mean_dy = (sums[ch].0 / count) as f32;
-            let mean_dy_xhat = (sums[ch].1 / count) as f32;
-            let k = weight[ch] * inv_std;
-            for (j, o) in out.iter_mut().enumerate() {
-                let i = p * hw + j;
-                let xhat = (x[i] - mean) * inv_std;
-                *o = k * (dy(i) - mean_dy - xhat * mean_dy_xhat);
+            let mean_dy_xhat = (xhat_sums[ch] / count) as f32;
+            let k = weight[ch] * i;
+            for (d, &x) in d.iter_mut().zip(xs) {
+                *d = k * (*d - mean_dy - (x - m) * i * mean_dy_xhat);
             }
         });
-        let dweight = sums.iter().map(|s| s.1 as f32).collect();
+        let dweight = xhat_sums.iter().map(|&v| v as f32).collect();
         let dbias = sums.iter().map(|s| s.0 as f32).collect();
         Ok([dx, dweight, dbias])
     }
+}
+
+/// Lanes for the reductions: independent partial sums that the compiler can keep in one vector.
+const LANES: usize = 8;
+
+/// Σ f(v) over a slice, in `LANES` partial sums.
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ d * (x - mean) over two slices of equal length, in `LANES` partial sums.
+fn lane_dot(d: &[f32], x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (dc, xc) = (d.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail: f32 = dc.remainder().iter().zip(xc.remainder()).map(|(d, x)| d * (x - mean)).sum();
+    for (dc, xc) in dc.zip(xc) {
+        for ((a, d), x) in acc.iter_mut().zip(dc).zip(xc) {
+            *a += d * (x - mean);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 impl CustomOp3 for BatchNormTrain {

@@ -24,39 +24,55 @@ struct PoolGeom {
     wo: usize,
 }
 
+/// Pools one plane [h, w] into `out` [h / k, w / k] and, when given, records each window's
+/// first maximum as its offset in the window (dy * k + dx, below k² <= 255).
+pub fn pool_plane(k: usize, h: usize, w: usize, plane: &[f32], out: &mut [f32], mut argmax: Option<&mut [u8]>) {
+    let (ho, wo) = (h / k, w / k);
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let (mut best, mut at) = (plane[oy * k * w + ox * k], 0);
+            for dy in 0..k {
+                let row = &plane[(oy * k + dy) * w + ox * k..][..k];
+                for (dx, &v) in row.iter().enumerate() {
+                    // A NaN wins too, as in PyTorch.
+                    if v > best || v.is_nan() {
+                        (best, at) = (v, dy * k + dx);
+                    }
+                }
+            }
+            out[oy * wo + ox] = best;
+            if let Some(a) = argmax.as_deref_mut() {
+                a[oy * wo + ox] = at as u8;
+            }
+        }
+    }
+}
+
+/// The inverse routing: adds each pooled gradient at its window's recorded maximum, in a plane
+/// [h, w] (`keep` decides per pooled value whether it passes, e.g. a ReLU's mask).
+pub fn unpool_plane(k: usize, w: usize, grad: &[f32], argmax: &[u8], wo: usize, dx: &mut [f32], keep: impl Fn(usize) -> bool) {
+    for (j, (&g, &a)) in grad.iter().zip(argmax).enumerate() {
+        if keep(j) {
+            let (oy, ox, a) = (j / wo, j % wo, a as usize);
+            dx[(oy * k + a / k) * w + ox * k + a % k] += g;
+        }
+    }
+}
+
 impl MaxPool2d {
     fn geom(&self, dims: &[usize]) -> Result<PoolGeom> {
         let &[n, c, h, w] = dims else { bail!("{NAME}: expected [N, C, H, W], got {dims:?}") };
-        if self.k == 0 || h < self.k || w < self.k {
+        if self.k == 0 || self.k > 15 || h < self.k || w < self.k {
             bail!("{NAME}: window {} does not fit a {h}x{w} input", self.k)
         }
         Ok(PoolGeom { planes: n * c, h, w, ho: h / self.k, wo: w / self.k })
-    }
-
-    /// The offset inside a plane of the first maximum of window (oy, ox).
-    fn argmax(&self, g: &PoolGeom, plane: &[f32], oy: usize, ox: usize) -> usize {
-        let mut best = (oy * self.k) * g.w + ox * self.k;
-        for dy in 0..self.k {
-            let row = (oy * self.k + dy) * g.w + ox * self.k;
-            for i in row..row + self.k {
-                // A NaN wins too, as in PyTorch.
-                if plane[i] > plane[best] || plane[i].is_nan() {
-                    best = i;
-                }
-            }
-        }
-        best
     }
 
     pub fn forward(&self, dims: &[usize], x: &[f32]) -> Result<(Vec<f32>, Shape)> {
         let g = self.geom(dims)?;
         let mut out = vec![0f32; g.planes * g.ho * g.wo];
         out.par_chunks_mut(g.ho * g.wo).zip(x.par_chunks(g.h * g.w)).for_each(|(o, plane)| {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    o[oy * g.wo + ox] = plane[self.argmax(&g, plane, oy, ox)];
-                }
-            }
+            pool_plane(self.k, g.h, g.w, plane, o, None);
         });
         Ok((out, Shape::from((dims[0], dims[1], g.ho, g.wo))))
     }
@@ -64,13 +80,11 @@ impl MaxPool2d {
     pub fn backward(&self, dims: &[usize], x: &[f32], grad: &[f32]) -> Result<Vec<f32>> {
         let g = self.geom(dims)?;
         let mut dx = vec![0f32; g.planes * g.h * g.w];
-        dx.par_chunks_mut(g.h * g.w).zip(x.par_chunks(g.h * g.w).zip(grad.par_chunks(g.ho * g.wo))).for_each(
-            |(d, (plane, go))| {
-                for oy in 0..g.ho {
-                    for ox in 0..g.wo {
-                        d[self.argmax(&g, plane, oy, ox)] += go[oy * g.wo + ox];
-                    }
-                }
+        dx.par_chunks_mut(g.h * g.w).zip(x.par_chunks(g.h * g.w).zip(grad.par_chunks(g.ho * g.wo))).for_each_init(
+            || (vec![0f32; g.ho * g.wo], vec![0u8; g.ho * g.wo]),
+            |(pooled, argmax), (d, (plane, go))| {
+                pool_plane(self.k, g.h, g.w, plane, pooled, Some(argmax));
+                unpool_plane(self.k, g.w, go, argmax, g.wo, d, |_| true);
             },
         );
         Ok(dx)

@@ -28,9 +28,9 @@ impl Lenet {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Convolution + bias + ReLU and the pooling run as the crate's CPU kernels.
-        let x = kernels::max_pool2d(&kernels::conv_layer(x, &self.conv1, true)?, 2)?;
-        let x = kernels::max_pool2d(&kernels::conv_layer(&x, &self.conv2, true)?, 2)?;
+        // Convolution + bias + ReLU + 2x2 max-pooling run as one fused CPU kernel per stage.
+        let x = kernels::conv_relu_pool_layer(x, &self.conv1, 2)?;
+        let x = kernels::conv_relu_pool_layer(&x, &self.conv2, 2)?;
         let x = self.fc1.forward(&x.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&x)
     }
