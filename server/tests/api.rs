@@ -89,7 +89,12 @@ async fn invalid_requests_are_refused_and_change_nothing() {
             "config.method.sigma",
             "> 0",
         ),
-        (run_req(train(json!({"name": "dropout"}))), StatusCode::UNPROCESSABLE_ENTITY, "config.method.name", "gaussian"),
+        (
+            run_req(train(json!({"name": "dropout"}))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config.method.name",
+            "gaussian",
+        ),
         (
             run_req(
                 json!({"kind": "train", "data": {"dataset": "mnist"}, "arch": "vgg16", "method": {"name": "standard"}}),

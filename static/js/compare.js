@@ -8,7 +8,7 @@ import { subscribe } from './live.js';
 import { ChartSlot, PALETTE, axisLabel } from './charts.js';
 import { MetricStore, CertStore, smooth, positiveOnly, radiusGrid } from './metrics.js';
 import { toCsv, download } from './table.js';
-import { certifiedAt, configOf, wallTime, summaryQuery, MODEL_KINDS } from './runs.js';
+import { viewOf, certifiedAt, configOf, wallTime, summaryQuery, MODEL_KINDS } from './runs.js';
 
 const data = pageData();
 const radii = data.radii;
@@ -16,7 +16,7 @@ const $ = (id) => document.getElementById(id);
 
 /** One compared run: its view, the certification describing it, and their data. */
 const entries = data.entries.map((e, i) => ({
-  view: e.view,
+  view: viewOf(e.view),
   certId: e.certification ? e.certification.id : null,
   summary: e.summary,
   color: PALETTE[i % PALETTE.length],
@@ -189,13 +189,13 @@ async function refreshSummary(certId) {
 async function refreshRun(id) {
   const e = byRun(id);
   if (e) {
-    e.view = await api('GET', `/runs/${id}`);
+    e.view = viewOf(await api('GET', `/runs/${id}`));
     renderTable();
     renderParams();
     return;
   }
   // A new certification of a compared model takes over its certified numbers.
-  const fresh = await api('GET', `/runs/${id}`);
+  const fresh = viewOf(await api('GET', `/runs/${id}`));
   const model = fresh.run.kind === 'certify' ? byRun(fresh.run.parents[0]) : null;
   if (model && (model.certId === null || fresh.run.id > model.certId)) {
     Object.assign(model, { certId: fresh.run.id, summary: null, certs: new CertStore() });

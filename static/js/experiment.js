@@ -5,12 +5,12 @@ import { api, pageData } from './api.js';
 import { el, pct, num, duration, statusBadge, coalesce, throttleByKey, DASH } from './dom.js';
 import { sortRows, toCsv, download, markSorted } from './table.js';
 import { subscribe } from './live.js';
-import { epochsOf, testAccuracy, certifiedAt, wallTime, progressFraction, newestCertification, summaryQuery } from './runs.js';
+import { viewOf, epochsOf, testAccuracy, certifiedAt, wallTime, progressFraction, newestCertification, summaryQuery } from './runs.js';
 
 const data = pageData();
 const experimentId = data.experiment.id;
 const radii = data.radii;
-const views = new Map(data.runs.map((v) => [v.run.id, v]));
+const views = new Map(data.runs.map((json) => [json.id, viewOf(json)]));
 const summaries = new Map(Object.entries(data.summaries).map(([id, s]) => [Number(id), s]));
 const selected = new Set();
 const filters = { status: '', kind: '', arch: '', method: '' };
@@ -135,7 +135,7 @@ function updateSelection() {
 
 async function refreshRun(id) {
   try {
-    const view = await api('GET', `/runs/${id}`);
+    const view = viewOf(await api('GET', `/runs/${id}`));
     views.set(id, view);
     if (view.run.kind === 'certify' && !summaries.has(id)) refreshSummary(id);
     render();

@@ -6,11 +6,11 @@ import { el, pct, num, int, duration, dateTime, bytes, coalesce, throttleByKey, 
 import { subscribe } from './live.js';
 import { ChartSlot, PALETTE, axisLabel } from './charts.js';
 import { MetricStore, CertStore, smooth, positiveOnly, radiusGrid } from './metrics.js';
-import { wallTime, summaryQuery } from './runs.js';
+import { viewOf, wallTime, summaryQuery } from './runs.js';
 import './launch.js';
 
 const data = pageData();
-let view = data.run;
+let view = viewOf(data.run);
 const runId = view.run.id;
 const radii = data.radii;
 const $ = (id) => document.getElementById(id);
@@ -69,7 +69,7 @@ function renderConfig() {
 
 async function refreshRun() {
   try {
-    view = await api('GET', `/runs/${runId}`);
+    view = viewOf(await api('GET', `/runs/${runId}`));
     renderStatus();
     renderConfig();
   } catch {
@@ -84,7 +84,7 @@ async function action(path) {
   const box = $('action-error');
   box.hidden = true;
   try {
-    view = await api('POST', `/runs/${runId}/${path}`);
+    view = viewOf(await api('POST', `/runs/${runId}/${path}`));
     renderStatus();
   } catch (err) {
     box.textContent = err.message;

@@ -2,6 +2,12 @@
 
 export const MODEL_KINDS = ['train', 'transfer'];
 
+/** The API's run JSON (the run's columns flattened beside `metrics`, `resumable`, `last_seq`)
+ * as {run, metrics, resumable, last_seq}. */
+export function viewOf(json) {
+  return { run: json, metrics: json.metrics || {}, resumable: Boolean(json.resumable), last_seq: json.last_seq || 0 };
+}
+
 export function configOf(run) {
   return run.resolved_config || run.config || {};
 }

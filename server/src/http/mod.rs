@@ -31,8 +31,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// The whole application. HTML pages go in as one more `.merge(pages::routes())`, with
-/// `pages::routes() -> Router<AppState>`.
+/// The whole application: each part (`api`, `pages`, …) contributes a `Router<AppState>`.
 pub fn router(state: AppState) -> Router {
     let static_dir = state.settings.static_dir.clone();
     Router::new()

@@ -27,9 +27,8 @@ pub async fn upsert_step(
     if values.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..values.len())
-        .map(|i| format!("($1, ${}, $2, $3, $4, ${})", 5 + 2 * i, 6 + 2 * i))
-        .collect();
+    let rows: Vec<String> =
+        (0..values.len()).map(|i| format!("($1, ${}, $2, $3, $4, ${})", 5 + 2 * i, 6 + 2 * i)).collect();
     let sql = format!(
         "INSERT INTO metrics (run_id, key, step, epoch, ts, value) VALUES {} \
          ON CONFLICT (run_id, key, step) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",

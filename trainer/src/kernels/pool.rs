@@ -26,25 +26,55 @@ struct PoolGeom {
 
 /// Pools one plane [h, w] into `out` [h / k, w / k] and, when given, records each window's
 /// first maximum as its offset in the window (dy * k + dx, below k² <= 255).
-pub fn pool_plane(k: usize, h: usize, w: usize, plane: &[f32], out: &mut [f32], mut argmax: Option<&mut [u8]>) {
+pub fn pool_plane(k: usize, h: usize, w: usize, plane: &[f32], out: &mut [f32], argmax: Option<&mut [u8]>) {
     let (ho, wo) = (h / k, w / k);
+    let mut scratch;
+    let argmax = match argmax {
+        Some(a) => a,
+        None => {
+            scratch = vec![0u8; ho * wo];
+            &mut scratch[..]
+        }
+    };
     for oy in 0..ho {
+        let (o, a) = (&mut out[oy * wo..][..wo], &mut argmax[oy * wo..][..wo]);
+        if k == 2 {
+            pool_row2(&plane[2 * oy * w..][..2 * wo], &plane[(2 * oy + 1) * w..][..2 * wo], o, a);
+            continue;
+        }
         for ox in 0..wo {
             let (mut best, mut at) = (plane[oy * k * w + ox * k], 0);
             for dy in 0..k {
                 let row = &plane[(oy * k + dy) * w + ox * k..][..k];
                 for (dx, &v) in row.iter().enumerate() {
-                    // A NaN wins too, as in PyTorch.
-                    if v > best || v.is_nan() {
+                    if takes(v, best) {
                         (best, at) = (v, dy * k + dx);
                     }
                 }
             }
-            out[oy * wo + ox] = best;
-            if let Some(a) = argmax.as_deref_mut() {
-                a[oy * wo + ox] = at as u8;
-            }
+            (o[ox], a[ox]) = (best, at as u8);
         }
+    }
+}
+
+/// Whether `v` replaces the current maximum: larger, or NaN (NaN propagates, as in PyTorch).
+#[inline(always)]
+fn takes(v: f32, best: f32) -> bool {
+    v > best || v.is_nan()
+}
+
+/// 2x2 windows over two rows, written without branches (selects) so that random data does not
+/// stall on mispredictions.
+fn pool_row2(r0: &[f32], r1: &[f32], out: &mut [f32], argmax: &mut [u8]) {
+    let windows = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+    for ((o, a), (top, bottom)) in out.iter_mut().zip(argmax.iter_mut()).zip(windows) {
+        let (mut best, mut at) = (top[0], 0u8);
+        for (v, i) in [(top[1], 1u8), (bottom[0], 2), (bottom[1], 3)] {
+            let t = takes(v, best);
+            best = if t { v } else { best };
+            at = if t { i } else { at };
+        }
+        (*o, *a) = (best, at);
     }
 }
 
