@@ -44,8 +44,6 @@ pub struct Line {
 pub struct Outcome {
     pub terminal: Option<Terminal>,
     pub last_lines: VecDeque<String>,
-    /// Event lines and log lines stored.
-    pub lines: u64,
     pub metric_points: u64,
 }
 
@@ -129,7 +127,6 @@ impl Ingest {
                 },
                 Source::Stderr => self.store_log(&mut w, line.ts, "stderr", None, &line.text, &mut outcome).await?,
             }
-            outcome.lines += 1;
         }
         for (key, point) in &latest {
             store::metrics::upsert_latest(w.conn(), self.run_id, key, point).await?;

@@ -224,11 +224,6 @@ impl RunManager {
         self.get(id).await
     }
 
-    /// Whether the run has a live trainer in this server.
-    pub fn is_supervised(&self, id: i64) -> bool {
-        self.active.lock().expect("active runs lock").contains_key(&id)
-    }
-
     async fn scheduler(self: Arc<Self>) {
         loop {
             if let Err(e) = self.schedule_pass().await {
