@@ -75,9 +75,11 @@ async fn certify_from_run_page(b: &Browser) -> i64 {
     b.fill("#certify-config-smoothing-n", "200").await;
     b.fill("#certify-config-smoothing-batch", "200").await;
     b.fill("#certify-config-smoothing-max", &CERT_IMAGES.to_string()).await;
-    b.click("#certify-form button[type=submit]").await;
     let before = b.js("return location.pathname", vec![]).await;
-    let script = format!("return location.pathname !== {before} && location.pathname.startsWith('/runs/') ? location.pathname : null");
+    b.click("#certify-form button[type=submit]").await;
+    let script = format!(
+        "return location.pathname !== {before} && location.pathname.startsWith('/runs/') ? location.pathname : null"
+    );
     id_from(b.wait_js("the certification's page", PAGE_TIMEOUT, &script).await.as_str().unwrap())
 }
 
@@ -120,7 +122,8 @@ async fn dashboard_end_to_end() {
         .await;
     let message = message.as_str().unwrap();
     assert!(message.contains("must be a finite number > 0") && message.contains("-1"), "{message}");
-    let invalid = b.js("return document.getElementById('train-config-method-sigma').getAttribute('aria-invalid')", vec![]).await;
+    let invalid =
+        b.js("return document.getElementById('train-config-method-sigma').getAttribute('aria-invalid')", vec![]).await;
     assert_eq!(invalid, "true");
     let (_, runs) = server.get(&format!("/api/v1/experiments/{experiment}/runs")).await;
     assert_eq!(runs, json!([]), "a refused launch must not create a run");
@@ -214,7 +217,11 @@ async fn dashboard_end_to_end() {
     eprintln!("ui test: the experiment page");
     b.goto(&server.url(&format!("/experiments/{experiment}"))).await;
     let listed = b
-        .wait_js("four runs", PAGE_TIMEOUT, "const n = document.querySelectorAll('#runs-table tbody tr').length; return n === 4 ? n : null;")
+        .wait_js(
+            "four runs",
+            PAGE_TIMEOUT,
+            "const n = document.querySelectorAll('#runs-table tbody tr').length; return n === 4 ? n : null;",
+        )
         .await;
     assert_eq!(listed, 4);
     let r025 = summary(&server, cert).await["radii"][1]["certified_accuracy"].as_f64().unwrap();
@@ -222,6 +229,8 @@ async fn dashboard_end_to_end() {
     assert_eq!(cell, pct(r025), "the teacher's row shows its certification's accuracy at r = 0.25");
     b.click(&format!("input[data-select='{teacher}']")).await;
     b.click(&format!("input[data-select='{second}']")).await;
+    b.screenshot_page(1280, &ui_support::docs_dir().join("experiment-page.png")).await;
+    b.client.set_window_size(1280, 900).await.unwrap();
     b.click("#compare-selected").await;
     b.wait_path("the compare page", "/compare").await;
 
@@ -244,7 +253,9 @@ async fn dashboard_end_to_end() {
     }
     let baseline_speedup = b.text(&format!("#results-table tr[data-id='{teacher}'] td:nth-child(13)")).await;
     assert_eq!(baseline_speedup, "1.00×");
-    let differs = b.js("return [...document.querySelectorAll('#params-table tr.differs th')].map(th => th.textContent)", vec![]).await;
+    let differs = b
+        .js("return [...document.querySelectorAll('#params-table tr.differs th')].map(th => th.textContent)", vec![])
+        .await;
     assert!(differs.as_array().unwrap().iter().any(|t| t.as_str().unwrap().starts_with("method.sigma")), "{differs}");
     b.wait_js(
         "both certified-accuracy curves",
@@ -257,7 +268,9 @@ async fn dashboard_end_to_end() {
     // ---- phone width: no page scrolls sideways ----
     eprintln!("ui test: phone width");
     b.client.set_window_size(390, 844).await.unwrap();
-    for path in ["/".to_string(), format!("/experiments/{experiment}"), format!("/runs/{teacher}"), format!("/runs/{cert}")] {
+    for path in
+        ["/".to_string(), format!("/experiments/{experiment}"), format!("/runs/{teacher}"), format!("/runs/{cert}")]
+    {
         b.goto(&server.url(&path)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let overflow = b.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;

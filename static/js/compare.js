@@ -92,13 +92,20 @@ const drawRadius = coalesce(() => {
 
 const curveSlot = new ChartSlot($('curve-chart'), 300);
 
+/** Test accuracy once it is a curve (two evaluations or more), until then the training loss. */
+function defaultMetric(keys) {
+  const points = (key) => Math.max(0, ...entries.map((e) => (e.metrics.series.get(key) || new Map()).size));
+  return ['test/acc', 'train/loss', 'train/acc'].find((k) => points(k) >= 2) || keys[0];
+}
+
 function fillMetricChoices() {
   const select = $('metric');
   const keys = [...new Set(entries.flatMap((e) => e.metrics.keys()))].sort();
-  const current = select.value || (keys.includes('test/acc') ? 'test/acc' : keys[0]);
+  const current = select.dataset.chosen || defaultMetric(keys);
   if ([...select.options].map((o) => o.value).join() !== keys.join()) {
-    select.replaceChildren(...keys.map((k) => el('option', { value: k, selected: k === current }, k)));
+    select.replaceChildren(...keys.map((k) => el('option', { value: k }, k)));
   }
+  if (current) select.value = current;
   return keys;
 }
 
@@ -126,6 +133,9 @@ const drawCurves = coalesce(() => {
   );
 });
 
+$('metric').addEventListener('change', () => {
+  $('metric').dataset.chosen = $('metric').value;
+});
 for (const id of ['metric', 'x-axis', 'log-scale']) $(id).addEventListener('change', drawCurves);
 $('smoothing').addEventListener('input', () => {
   $('smoothing-value').textContent = $('smoothing').value;

@@ -83,7 +83,8 @@ function row(view) {
     'tr',
     { 'data-id': id, class: selected.has(id) ? 'selected' : null },
     el('td', { class: 'select-col' }, box),
-    el('td', {}, el('a', { class: 'row-title', href: `/runs/${id}` }, el('span', { class: 'muted' }, `#${id} `), v.name)),
+    // Default names already end in "#id".
+    el('td', {}, el('a', { class: 'row-title', href: `/runs/${id}` }, v.name.endsWith(`#${id}`) ? null : el('span', { class: 'muted' }, `#${id} `), v.name)),
     statusCell(view.run),
     el('td', {}, v.kind),
     el('td', {}, v.arch ?? DASH),
@@ -106,8 +107,15 @@ function fillFilterOptions() {
   }
 }
 
+/** Where keyboard focus is in the table (row and element kind), to restore it after a redraw. */
+function focusInTable() {
+  const active = document.activeElement;
+  const tr = active && tbody.contains(active) ? active.closest('tr') : null;
+  return tr ? { id: tr.dataset.id, tag: active.tagName.toLowerCase() } : null;
+}
+
 const render = coalesce(() => {
-  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.select : null;
+  const focused = focusInTable();
   const shown = visibleViews();
   tbody.replaceChildren(...shown.map(row));
   document.getElementById('runs-empty').hidden = shown.length > 0;
@@ -116,7 +124,7 @@ const render = coalesce(() => {
   fillFilterOptions();
   updateSelection();
   if (focused) {
-    const again = tbody.querySelector(`[data-select="${focused}"]`);
+    const again = tbody.querySelector(`tr[data-id="${focused.id}"] ${focused.tag}`);
     if (again) again.focus();
   }
 });

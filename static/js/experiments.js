@@ -54,7 +54,10 @@ function render() {
 
 async function refresh() {
   try {
-    experiments = await api('GET', '/experiments');
+    const fresh = await api('GET', '/experiments');
+    // Redraw only on a change, so keyboard focus in the table survives the polling.
+    if (JSON.stringify(fresh) === JSON.stringify(experiments)) return;
+    experiments = fresh;
     render();
   } catch {
     // A failed background refresh keeps the current list; the next one retries.

@@ -110,7 +110,7 @@ const GROUPS = [
   { id: 'loss', title: 'Loss', test: (k) => /loss/.test(k) },
   { id: 'acc', title: 'Accuracy', test: (k) => /acc/.test(k), percent: true },
   { id: 'lr', title: 'Learning rate', test: (k) => k === 'lr' || /(^|\/)lr$/.test(k) },
-  { id: 'other', title: 'Other', test: () => true },
+  { id: 'other', title: 'Other metrics', test: () => true },
 ];
 const slots = new Map();
 
@@ -227,8 +227,8 @@ function renderArtifacts() {
 // ---------- log ----------
 
 const MAX_LOG_LINES = 2000;
-const logLines = new Map();
-let lastShownLog = 0;
+const logLines = new Map(); // id → line, as fetched or streamed
+const shownLog = []; // ids in the box, in order
 const logBox = $('log');
 const follow = $('follow-log');
 
@@ -238,17 +238,22 @@ function logLine(l) {
     el('time', {}, time), el('span', { class: 'log-stream' }, l.stream), el('span', { class: 'log-text' }, l.line));
 }
 
+// Lines usually arrive in order and are appended; a late page of history rebuilds the box.
 const renderLog = coalesce(() => {
-  const ids = [...logLines.keys()].sort((a, b) => a - b);
-  const fresh = ids.filter((id) => id > lastShownLog);
-  if (fresh.length === ids.length - logBox.childElementCount) {
+  const shown = new Set(shownLog);
+  const fresh = [...logLines.keys()].filter((id) => !shown.has(id)).sort((a, b) => a - b);
+  if (!fresh.length) return;
+  if (!shownLog.length || fresh[0] > shownLog[shownLog.length - 1]) {
     logBox.append(...fresh.map((id) => logLine(logLines.get(id))));
+    shownLog.push(...fresh);
   } else {
-    logBox.replaceChildren(...ids.map((id) => logLine(logLines.get(id))));
+    shownLog.splice(0, shownLog.length, ...[...logLines.keys()].sort((a, b) => a - b));
+    logBox.replaceChildren(...shownLog.map((id) => logLine(logLines.get(id))));
   }
-  while (logBox.childElementCount > MAX_LOG_LINES) logBox.firstElementChild.remove();
-  for (const id of ids.slice(0, Math.max(0, ids.length - MAX_LOG_LINES))) logLines.delete(id);
-  if (ids.length) lastShownLog = ids[ids.length - 1];
+  while (shownLog.length > MAX_LOG_LINES) {
+    logLines.delete(shownLog.shift());
+    logBox.firstElementChild.remove();
+  }
   if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
 });
 

@@ -126,7 +126,10 @@ impl std::str::FromStr for Dataset {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Dataset::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| {
-            ConfigError::new("dataset", format!("unknown dataset '{s}'; expected one of {}", names(&Dataset::ALL.map(Dataset::as_str))))
+            ConfigError::new(
+                "dataset",
+                format!("unknown dataset '{s}'; expected one of {}", names(&Dataset::ALL.map(Dataset::as_str))),
+            )
         })
     }
 }
@@ -158,7 +161,10 @@ impl std::str::FromStr for Arch {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Arch::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
-            ConfigError::new("arch", format!("unknown arch '{s}'; expected one of {}", names(&Arch::ALL.map(Arch::as_str))))
+            ConfigError::new(
+                "arch",
+                format!("unknown arch '{s}'; expected one of {}", names(&Arch::ALL.map(Arch::as_str))),
+            )
         })
     }
 }
@@ -320,7 +326,10 @@ impl Method {
         let value = serde_json::json!({ "name": name, "sigma": sigma });
         let value = if name == "standard" { serde_json::json!({ "name": name }) } else { value };
         serde_json::from_value(value).map_err(|_| {
-            ConfigError::new("method.name", format!("unknown method '{name}'; expected one of {}", names(&Method::NAMES)))
+            ConfigError::new(
+                "method.name",
+                format!("unknown method '{name}'; expected one of {}", names(&Method::NAMES)),
+            )
         })
     }
 
@@ -390,9 +399,15 @@ fn check_nonneg(field: &str, v: f64) -> Result<(), ConfigError> {
 pub enum Schedule {
     Constant,
     /// lr * gamma every `every_epochs` epochs.
-    Step { every_epochs: usize, gamma: f64 },
+    Step {
+        every_epochs: usize,
+        gamma: f64,
+    },
     /// lr * gamma at each listed epoch.
-    MultiStep { milestones: Vec<usize>, gamma: f64 },
+    MultiStep {
+        milestones: Vec<usize>,
+        gamma: f64,
+    },
 }
 
 impl Default for Schedule {
@@ -705,7 +720,10 @@ impl SmoothingConfig {
             return Err(ConfigError::new(format!("{field}.max"), "must be at least 1 when given"));
         }
         if !(self.alpha > 0.0 && self.alpha < 0.5) {
-            return Err(ConfigError::new(format!("{field}.alpha"), format!("must be in (0, 0.5) (got {})", self.alpha)));
+            return Err(ConfigError::new(
+                format!("{field}.alpha"),
+                format!("must be in (0, 0.5) (got {})", self.alpha),
+            ));
         }
         Ok(())
     }
@@ -747,7 +765,10 @@ mod tests {
                        "method":{"name":"macer","sigma":0.25}}"#;
         let cfg: RunConfig = serde_json::from_str(json).unwrap();
         let RunConfig::Train(t) = &cfg else { panic!("not train") };
-        assert_eq!(t.method, Method::Macer { sigma: 0.25, k: 16, lambda: 12.0, beta: 16.0, gamma: 8.0, deferred_epochs: 0 });
+        assert_eq!(
+            t.method,
+            Method::Macer { sigma: 0.25, k: 16, lambda: 12.0, beta: 16.0, gamma: 8.0, deferred_epochs: 0 }
+        );
         assert_eq!(t.optim.batch_size, 256);
         assert_eq!(t.clone().resolve().optim.lr, Some(0.01));
         let back: RunConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
@@ -757,7 +778,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_values_are_rejected() {
-        let bad_field = r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"bogus":1}"#;
+        let bad_field =
+            r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"lenet","method":{"name":"standard"},"bogus":1}"#;
         assert!(serde_json::from_str::<RunConfig>(bad_field).is_err());
         let bad_arch = r#"{"kind":"train","data":{"dataset":"mnist"},"arch":"vgg","method":{"name":"standard"}}"#;
         let err = serde_json::from_str::<RunConfig>(bad_arch).unwrap_err().to_string();

@@ -10,13 +10,13 @@ use kernels_common::{assert_close, random, rng, var, weighted_sum};
 
 /// (input [N, C, H, W], kernel [O, C, K, K], stride, padding)
 const CASES: [([usize; 4], [usize; 4], usize, usize); 8] = [
-    ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),  // LeNet conv1
+    ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),   // LeNet conv1
     ([3, 20, 12, 12], [50, 20, 5, 5], 1, 0), // LeNet conv2
     ([2, 3, 32, 32], [16, 3, 3, 3], 1, 1),   // ResNet stem
     ([2, 16, 16, 16], [32, 16, 3, 3], 2, 1), // ResNet stage change
     ([2, 16, 16, 16], [32, 16, 1, 1], 2, 0), // ResNet downsample
-    ([2, 8, 9, 7], [6, 8, 1, 1], 1, 0),     // pointwise, odd sizes
-    ([2, 4, 9, 7], [5, 4, 3, 3], 2, 0),     // stride 2 without padding, odd sizes
+    ([2, 8, 9, 7], [6, 8, 1, 1], 1, 0),      // pointwise, odd sizes
+    ([2, 4, 9, 7], [5, 4, 3, 3], 2, 0),      // stride 2 without padding, odd sizes
     // Padding wider than the stride (square: candle's reference backward mishandles H != W here).
     ([1, 2, 7, 7], [3, 2, 3, 3], 3, 2),
 ];
@@ -114,7 +114,8 @@ fn conv_with_folded_eval_batch_norm_matches_conv_then_batch_norm() {
 #[test]
 fn fused_relu_at_zero_passes_no_gradient() {
     let x = Tensor::ones((1, 1, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    let w = Var::from_tensor(&Tensor::zeros((2, 1, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::zeros((2, 1, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap())
+        .unwrap();
     let y = kernels::conv2d(&x, w.as_tensor(), None, 1, 1, true).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     let dw = grads.get(w.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -133,7 +134,8 @@ fn pool_reference(y: &Tensor, k: usize) -> Tensor {
 #[test]
 fn fused_pooling_matches_conv_relu_then_pool() {
     let mut r = rng(11);
-    let cases = [([3, 1, 28, 28], [20, 1, 5, 5], 2), ([3, 20, 12, 12], [50, 20, 5, 5], 2), ([2, 3, 11, 10], [4, 3, 3, 3], 3)];
+    let cases =
+        [([3, 1, 28, 28], [20, 1, 5, 5], 2), ([3, 20, 12, 12], [50, 20, 5, 5], 2), ([2, 3, 11, 10], [4, 3, 3, 3], 3)];
     for (xd, wd, k) in cases {
         for input_tracked in [false, true] {
             let what = format!("{xd:?} * {wd:?} pool {k} input tracked {input_tracked}");

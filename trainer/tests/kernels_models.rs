@@ -1,3 +1,4 @@
+#![allow(clippy::type_complexity)]
 //! Whole models with the custom kernels against the same models on candle's own ops: logits in
 //! train and eval mode, every parameter gradient, and the BatchNorm running statistics.
 //! One test only: it flips the process-wide kernel switch, which parallel tests would see.
@@ -24,7 +25,8 @@ fn run(arch: Arch, dataset: Dataset, kernels_on: bool) -> (Vec<Tensor>, Vec<(Str
     let logits = vec![model.forward_t(&x, false).unwrap(), model.forward_t(&x, true).unwrap()];
     let loss = training_loss(&Method::Gaussian { sigma: 0.25 }, &model, &x, &y, 0, &mut rng(10)).unwrap();
     let grads = loss.backward().unwrap();
-    let named = model.trainable_vars().into_iter().map(|(n, v)| (n, grads.get(v.as_tensor()).unwrap().clone())).collect();
+    let named =
+        model.trainable_vars().into_iter().map(|(n, v)| (n, grads.get(v.as_tensor()).unwrap().clone())).collect();
     let vars = model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
     (logits, named, vars)
 }

@@ -48,7 +48,10 @@ fn training_batch_norm_matches_candle_nn() {
         for name in ["running_mean", "running_var"] {
             assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-6, &format!("{name} {what}"));
         }
-        assert!(stat(&ours_map, "running_mean").to_vec1::<f32>().unwrap() != m.to_vec1::<f32>().unwrap(), "{what}: not updated");
+        assert!(
+            stat(&ours_map, "running_mean").to_vec1::<f32>().unwrap() != m.to_vec1::<f32>().unwrap(),
+            "{what}: not updated"
+        );
 
         let weights = random(&mut r, &dims);
         let got = weighted_sum(&ours, &weights).backward().unwrap();
@@ -56,7 +59,12 @@ fn training_batch_norm_matches_candle_nn() {
         assert_close(got.get(x.as_tensor()).unwrap(), exp.get(x.as_tensor()).unwrap(), 1e-4, &format!("dx {what}"));
         for name in ["weight", "bias"] {
             let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
-            assert_close(got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap(), 1e-5, &format!("d{name} {what}"));
+            assert_close(
+                got.get(pv.as_tensor()).unwrap(),
+                exp.get(rv.as_tensor()).unwrap(),
+                1e-5,
+                &format!("d{name} {what}"),
+            );
         }
         // The running statistics are not trained.
         assert!(got.get(param(&ours_map, "running_mean").as_tensor()).is_none());

@@ -24,7 +24,12 @@ fn values_and_gradients_match_the_reduction() {
         let weights = random(&mut r, want.dims());
         let got = weighted_sum(&ours, &weights).backward().unwrap();
         let exp = weighted_sum(&want, &weights).backward().unwrap();
-        assert_close(got.get(x.as_tensor()).unwrap(), exp.get(x.as_tensor()).unwrap(), 0.0, &format!("gradient {dims:?}"));
+        assert_close(
+            got.get(x.as_tensor()).unwrap(),
+            exp.get(x.as_tensor()).unwrap(),
+            0.0,
+            &format!("gradient {dims:?}"),
+        );
     }
 }
 

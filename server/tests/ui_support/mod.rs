@@ -108,7 +108,10 @@ impl Browser {
             if Instant::now() > deadline {
                 let url = self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
                 let body = self.js("return document.body ? document.body.innerText.slice(0, 3000) : ''", vec![]).await;
-                panic!("timed out after {timeout:?} waiting for {what} on {url}; the page reads:\n{}", body.as_str().unwrap_or(""));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} on {url}; the page reads:\n{}",
+                    body.as_str().unwrap_or("")
+                );
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
@@ -141,13 +144,20 @@ impl Browser {
         el.text().await.unwrap_or_else(|e| panic!("reading {css}: {e}"))
     }
 
-    /// A PNG of the whole page at `width` pixels (the window is grown to the page's height).
+    /// A PNG of the whole page at `width` pixels: the window grows until its viewport holds
+    /// the page (the window's frame, if any, and reflowed charts change what is needed).
     pub async fn screenshot_page(&self, width: u32, path: &Path) {
-        let height = self.js("return Math.ceil(document.documentElement.scrollHeight)", vec![]).await;
-        let height = height.as_u64().unwrap_or(900).clamp(600, 6000) as u32;
-        self.client.set_window_size(width, height).await.expect("resizing the window");
-        // Charts follow their container's size on the next frames.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut height = 900;
+        for _ in 0..4 {
+            self.client.set_window_size(width, height).await.expect("resizing the window");
+            // Charts follow their container's size on the next frames.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let gap = self.js("return document.documentElement.scrollHeight - window.innerHeight", vec![]).await;
+            match gap.as_i64() {
+                Some(gap) if gap > 0 && height < 6000 => height += gap as u32,
+                _ => break,
+            }
+        }
         let png = self.client.screenshot().await.expect("taking a screenshot");
         std::fs::create_dir_all(path.parent().expect("screenshot dir")).expect("creating the screenshot dir");
         std::fs::write(path, png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));

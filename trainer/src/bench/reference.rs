@@ -76,7 +76,7 @@ impl Reference {
             .map_err(|e| anyhow::anyhow!("--torch {}: cannot run: {e}", self.python.display()))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no error output");
+            let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no error output");
             anyhow::bail!("{} {} failed ({}): {last}", self.python.display(), self.script.display(), output.status);
         }
         parse_row(&String::from_utf8_lossy(&output.stdout), case)
@@ -86,8 +86,8 @@ impl Reference {
 /// The script's line for this case.
 pub fn parse_row(stdout: &str, case: &Case) -> anyhow::Result<TorchRow> {
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let row: TorchRow =
-            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("torch_reference.py printed an unexpected line ({e}): {line}"))?;
+        let row: TorchRow = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("torch_reference.py printed an unexpected line ({e}): {line}"))?;
         if row.model == case.arch.as_str() && row.mode == case.mode.as_str() {
             return Ok(row);
         }

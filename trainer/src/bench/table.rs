@@ -88,7 +88,8 @@ pub fn render(rows: &[Row], ceiling: Option<&Ceiling>) -> String {
         let _ = write!(out, "candle fp32 matmul ({0}x{0}): {1:.1} GFLOP/s", c.matmul_n, c.matmul_gflops);
         if let (Some(g), Some(p)) = (c.lenet_certify_gflops, c.lenet_certify_pct_of_matmul) {
             let mflop = c.lenet_forward_mflop_per_sample;
-            let _ = write!(out, "; LeNet certify: {g:.1} GFLOP/s effective ({mflop:.3} MFLOP/sample) = {p:.1}% of matmul");
+            let _ =
+                write!(out, "; LeNet certify: {g:.1} GFLOP/s effective ({mflop:.3} MFLOP/sample) = {p:.1}% of matmul");
         }
         out.push('\n');
     }

@@ -171,7 +171,12 @@ mod tests {
         let got: Vec<(&str, &str, usize)> = cases.iter().map(|c| (c.arch.as_str(), c.mode.as_str(), c.batch)).collect();
         assert_eq!(
             got,
-            [("lenet", "train", 256), ("lenet", "certify", 1000), ("resnet20", "train", 128), ("resnet20", "certify", 1000)]
+            [
+                ("lenet", "train", 256),
+                ("lenet", "certify", 1000),
+                ("resnet20", "train", 128),
+                ("resnet20", "certify", 1000)
+            ]
         );
     }
 
@@ -186,7 +191,8 @@ mod tests {
 
     #[test]
     fn train_batches_apply_per_model() {
-        let cases = args(&["--models", "resnet110", "--modes", "train", "--train-batch", "resnet110=64"]).cases().unwrap();
+        let cases =
+            args(&["--models", "resnet110", "--modes", "train", "--train-batch", "resnet110=64"]).cases().unwrap();
         assert_eq!(cases[0].batch, 64);
     }
 }

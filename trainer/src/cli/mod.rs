@@ -71,6 +71,7 @@ pub enum Command {
 
 /// Reads a JSON config file; the error names the file and the problem.
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--config {}: cannot read: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--config {}: cannot read: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: invalid configuration: {e}", path.display()))
 }

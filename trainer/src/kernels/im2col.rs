@@ -148,7 +148,8 @@ mod tests {
                             let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                                 let row = (ci * g.kh + ky) * g.kw + kx;
-                                col[row * g.pixels() + oy * g.wo + ox] = x[(ci * g.h + iy as usize) * g.w + ix as usize];
+                                col[row * g.pixels() + oy * g.wo + ox] =
+                                    x[(ci * g.h + iy as usize) * g.w + ix as usize];
                             }
                         }
                     }
@@ -160,7 +161,9 @@ mod tests {
 
     #[test]
     fn im2col_matches_the_definition_and_col2im_is_its_adjoint() {
-        for (cin, h, w, k, stride, pad) in [(2, 7, 6, 3, 1, 1), (3, 8, 8, 3, 2, 1), (2, 8, 7, 1, 2, 0), (1, 9, 9, 5, 1, 0), (2, 5, 5, 3, 3, 2)] {
+        for (cin, h, w, k, stride, pad) in
+            [(2, 7, 6, 3, 1, 1), (3, 8, 8, 3, 2, 1), (2, 8, 7, 1, 2, 0), (1, 9, 9, 5, 1, 0), (2, 5, 5, 3, 3, 2)]
+        {
             let g = ConvGeom::new(&[1, cin, h, w], &[4, cin, k, k], stride, pad).unwrap();
             let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.7).sin()).collect();
             let mut col = vec![f32::NAN; g.patch() * g.pixels()];

@@ -6,6 +6,7 @@
 //! when switched off with [`set_enabled`] (for A/B benchmarks), it computes the same thing with
 //! candle's own ops instead.
 
+mod alloc;
 mod conv;
 mod eltwise;
 mod gemm;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{BatchNorm, Conv2d, Module};
 
+pub use alloc::tune_allocator;
 pub use im2col::ConvGeom;
 pub use norm::BatchStats;
 
@@ -39,7 +41,14 @@ fn fast(x: &Tensor) -> bool {
 }
 
 /// conv2d(x, w) + bias, then ReLU when `relu`: x [N, C, H, W], w [O, C, KH, KW], bias [O].
-pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     conv2d_pool(x, w, bias, stride, padding, relu, 1)
 }
 
@@ -169,7 +178,14 @@ fn update_running_stats(bn: &BatchNorm, stats: &BatchStats) -> Result<()> {
 /// Convolution followed by eval-mode batch normalization, folded into one convolution with bias:
 /// w' = w * scale, b' = shift, where scale = gamma / sqrt(running_var + eps) and
 /// shift = beta - running_mean * scale. ReLU after when `relu`.
-pub fn conv_bn_eval(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+pub fn conv_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    bn: &BatchNorm,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let affine = bn.weight_and_bias().filter(|_| fast(x));
     let Some((gamma, beta)) = affine else {
         let y = conv2d(x, w, None, stride, padding, false)?.apply_t(bn, false)?;

@@ -80,7 +80,15 @@ fn pool_row2(r0: &[f32], r1: &[f32], out: &mut [f32], argmax: &mut [u8]) {
 
 /// The inverse routing: adds each pooled gradient at its window's recorded maximum, in a plane
 /// [h, w] (`keep` decides per pooled value whether it passes, e.g. a ReLU's mask).
-pub fn unpool_plane(k: usize, w: usize, grad: &[f32], argmax: &[u8], wo: usize, dx: &mut [f32], keep: impl Fn(usize) -> bool) {
+pub fn unpool_plane(
+    k: usize,
+    w: usize,
+    grad: &[f32],
+    argmax: &[u8],
+    wo: usize,
+    dx: &mut [f32],
+    keep: impl Fn(usize) -> bool,
+) {
     for (j, (&g, &a)) in grad.iter().zip(argmax).enumerate() {
         if keep(j) {
             let (oy, ox, a) = (j / wo, j % wo, a as usize);

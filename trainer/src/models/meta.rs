@@ -25,10 +25,9 @@ impl Normalization {
     pub fn for_model(arch: Arch, dataset: Dataset) -> Self {
         match (arch, dataset) {
             (Arch::Linear, _) => Normalization::None,
-            (_, Dataset::Cifar10) => Normalization::MeanStd {
-                mean: vec![0.4914, 0.4822, 0.4465],
-                std: vec![0.2470, 0.2435, 0.2616],
-            },
+            (_, Dataset::Cifar10) => {
+                Normalization::MeanStd { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] }
+            }
             _ => Normalization::None,
         }
     }
@@ -74,11 +73,13 @@ pub struct ModelMeta {
 
 impl ModelMeta {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read model metadata {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read model metadata {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not valid model metadata", path.display()))
     }
 
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, serde_json::to_string_pretty(self)?).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }

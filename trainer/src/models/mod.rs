@@ -47,7 +47,14 @@ impl Model {
             }
         };
         init::seeded(&varmap, arch, seed)?;
-        Ok(Model { arch, dataset, normalization: Normalization::for_model(arch, dataset), varmap, net, device: device.clone() })
+        Ok(Model {
+            arch,
+            dataset,
+            normalization: Normalization::for_model(arch, dataset),
+            varmap,
+            net,
+            device: device.clone(),
+        })
     }
 
     /// Loads PyTorch-named weights into a model of the given architecture. Extra tensors in the file

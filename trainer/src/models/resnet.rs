@@ -71,7 +71,7 @@ pub struct Resnet {
 
 impl Resnet {
     pub fn new(depth: usize, channels: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
-        assert!((depth - 2) % 6 == 0, "CIFAR ResNet depth must be 6n+2");
+        assert!((depth - 2).is_multiple_of(6), "CIFAR ResNet depth must be 6n+2");
         let per_stage = (depth - 2) / 6;
         let mut blocks = Vec::new();
         let mut cin = 16;
