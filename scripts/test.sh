@@ -31,9 +31,9 @@ target/debug/crt-trainer data fetch mnist --data-dir "$CRT_DATA_DIR"
 target/debug/crt-trainer data fetch fashion-mnist --data-dir "$CRT_DATA_DIR"
 
 echo "== PostgreSQL"
-# shellcheck disable=SC1091
-source scripts/ci-postgres.sh
+eval "$(scripts/ci-postgres.sh)"
 export CRT_TEST_POSTGRES_URL
+echo "Postgres for tests: ${CRT_TEST_POSTGRES_URL%%@*}@..."
 
 echo "== format and lint"
 cargo fmt --all -- --check
