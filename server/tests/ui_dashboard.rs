@@ -267,13 +267,14 @@ async fn dashboard_end_to_end() {
 
     // ---- phone width: no page scrolls sideways ----
     eprintln!("ui test: phone width");
-    b.client.set_window_size(390, 844).await.unwrap();
+    b.emulate_phone(390, 844);
     for path in
         ["/".to_string(), format!("/experiments/{experiment}"), format!("/runs/{teacher}"), format!("/runs/{cert}")]
     {
         b.goto(&server.url(&path)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let overflow = b.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;
-        assert!(overflow.as_i64().unwrap() <= 0, "{path} is {overflow} px wider than a phone screen");
+        let widths = b.js("return [window.innerWidth, document.documentElement.scrollWidth]", vec![]).await;
+        assert_eq!(widths[0], 390, "the phone emulation is not in force");
+        assert!(widths[1].as_i64().unwrap() <= 390, "{path} is {} px wide: wider than a phone screen", widths[1]);
     }
 }

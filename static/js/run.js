@@ -143,6 +143,9 @@ const drawCharts = coalesce(() => {
   const groups = groupKeys();
   $('charts-empty').hidden = groups.size > 0;
   for (const [group, keys] of groups) {
+    // A lone point of a miscellaneous metric (a per-epoch timing) is no curve yet.
+    const curve = keys.some((k) => metrics.series.get(k).size >= 2);
+    if (group.id === 'other' && !curve && !slots.has(group.id)) continue;
     const [xs, ...ys] = metrics.aligned(keys, axis);
     const series = [];
     const columns = [xs];

@@ -144,6 +144,19 @@ impl Browser {
         el.text().await.unwrap_or_else(|e| panic!("reading {css}: {e}"))
     }
 
+    /// Lays pages out as a phone of `width` × `height` CSS pixels would (Chromium's device
+    /// emulation; a desktop window cannot be made that narrow).
+    pub fn emulate_phone(&self, width: u32, height: u32) {
+        let id = self.session.as_deref().expect("a WebDriver session");
+        let body = json!({
+            "cmd": "Emulation.setDeviceMetricsOverride",
+            "params": { "width": width, "height": height, "deviceScaleFactor": 1, "mobile": true }
+        });
+        let response = driver_request(self.port, "POST", &format!("/session/{id}/goog/cdp/execute"), &body.to_string())
+            .expect("asking chromedriver for device emulation");
+        assert!(response.starts_with("HTTP/1.1 200"), "device emulation refused: {response}");
+    }
+
     /// A PNG of the whole page at `width` pixels: the window grows until its viewport holds
     /// the page (the window's frame, if any, and reflowed charts change what is needed).
     pub async fn screenshot_page(&self, width: u32, path: &Path) {
@@ -177,13 +190,23 @@ impl Drop for Browser {
 }
 
 fn end_session(port: u16, id: &str) {
+    let _ = driver_request(port, "DELETE", &format!("/session/{id}"), "");
+}
+
+/// One blocking HTTP/1.1 request to chromedriver; returns the raw response.
+fn driver_request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
-    let request = format!("DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_ok() {
-        let _ = stream.read_to_end(&mut Vec::new());
-    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 fn wait_for_port(port: u16, timeout: Duration) {
