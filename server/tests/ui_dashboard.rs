@@ -98,7 +98,7 @@ async fn dashboard_end_to_end() {
 
     // ---- experiments page: create one ----
     b.goto(&server.url("/")).await;
-    b.fill("#new-experiment-name", "LeNet on MNIST: Gaussian σ sweep").await;
+    b.fill("#new-experiment-name", "LeNet on MNIST").await;
     b.fill("#new-experiment-description", "Teachers trained with Gaussian noise, certified with CERTIFY").await;
     b.fill("#new-experiment-tags", "mnist, lenet").await;
     b.click("#new-experiment button[type=submit]").await;
@@ -106,8 +106,50 @@ async fn dashboard_end_to_end() {
     let (_, exp) = server.get(&format!("/api/v1/experiments/{experiment}")).await;
     assert_eq!(exp["tags"], json!(["mnist", "lenet"]), "{exp}");
 
+    // ---- rename and re-tag it, delete a scratch experiment after confirming ----
+    b.goto(&server.url("/")).await;
+    b.click(&format!("tr[data-id='{experiment}'] button[aria-label^='Edit']")).await;
+    b.fill("#edit-name", "").await;
+    b.click("#edit-experiment button[type=submit]").await;
+    let refused = b
+        .wait_js(
+            "the empty name refused",
+            PAGE_TIMEOUT,
+            "const e = document.querySelector('#edit-experiment .field-error'); return e ? e.textContent : null;",
+        )
+        .await;
+    assert!(refused.as_str().unwrap().contains("1 to 200 characters"), "{refused}");
+    b.fill("#edit-name", "LeNet on MNIST: Gaussian σ sweep").await;
+    b.fill("#edit-tags", "mnist, lenet, gaussian").await;
+    b.click("#edit-experiment button[type=submit]").await;
+    b.wait_js(
+        "the renamed row",
+        PAGE_TIMEOUT,
+        &format!("const r = document.querySelector(\"tr[data-id='{experiment}']\"); return r && r.innerText.includes('gaussian') && !document.getElementById('edit-dialog').open || null;"),
+    )
+    .await;
+    let (_, exp) = server.get(&format!("/api/v1/experiments/{experiment}")).await;
+    assert_eq!(
+        (exp["name"].as_str(), &exp["tags"]),
+        (Some("LeNet on MNIST: Gaussian σ sweep"), &json!(["mnist", "lenet", "gaussian"]))
+    );
+    let scratch = server.create_experiment("scratch").await;
+    b.goto(&server.url("/")).await;
+    b.click(&format!("tr[data-id='{scratch}'] button[aria-label^='Delete']")).await;
+    let question = b.text("#delete-dialog-text").await;
+    assert!(question.contains("scratch") && question.contains("cannot be undone"), "{question}");
+    b.click("#delete-experiment button[type=submit]").await;
+    b.wait_js(
+        "the deleted row to go",
+        PAGE_TIMEOUT,
+        &format!("return document.querySelector(\"tr[data-id='{scratch}']\") ? null : true;"),
+    )
+    .await;
+    assert_eq!(server.get(&format!("/api/v1/experiments/{scratch}")).await.0, 404);
+
     // ---- a bad value: the server's message appears next to the field ----
     eprintln!("ui test: a bad σ");
+    b.goto(&server.url(&format!("/experiments/{experiment}"))).await;
     b.click("#launch-link").await;
     b.wait_path("the launch page", &format!("/experiments/{experiment}/launch")).await;
     fill_training_form(&b, "bad sigma", "-1").await;
@@ -268,9 +310,15 @@ async fn dashboard_end_to_end() {
     // ---- phone width: no page scrolls sideways ----
     eprintln!("ui test: phone width");
     b.emulate_phone(390, 844);
-    for path in
-        ["/".to_string(), format!("/experiments/{experiment}"), format!("/runs/{teacher}"), format!("/runs/{cert}")]
-    {
+    let pages = [
+        "/".to_string(),
+        format!("/experiments/{experiment}"),
+        format!("/experiments/{experiment}/launch"),
+        format!("/runs/{teacher}"),
+        format!("/runs/{cert}"),
+        format!("/compare?runs={teacher},{second}"),
+    ];
+    for path in pages {
         b.goto(&server.url(&path)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let widths = b.js("return [window.innerWidth, document.documentElement.scrollWidth]", vec![]).await;

@@ -13,14 +13,17 @@ export function request(form) {
   return body;
 }
 
-/** A transfer's dataset follows its teacher's unless changed by hand afterwards. */
+/** A transfer's dataset follows its teacher's unless changed by hand afterwards, and the σ
+ * field says which σ a blank means. */
 function followTeacher(form) {
   const teacher = form.querySelector('select[data-path="parents"]');
   const dataset = form.querySelector('select[data-path="config.data.dataset"]');
+  const sigma = form.querySelector('input[data-path="config.sigma"]');
   if (!teacher || !dataset) return;
   const sync = () => {
     const option = teacher.selectedOptions[0];
     if (option && option.dataset.dataset) dataset.value = option.dataset.dataset;
+    if (sigma) sigma.placeholder = option && option.dataset.sigma ? `the teacher's: ${option.dataset.sigma}` : "the teacher's σ";
   };
   teacher.addEventListener('change', sync);
   sync();

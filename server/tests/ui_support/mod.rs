@@ -193,20 +193,35 @@ fn end_session(port: u16, id: &str) {
     let _ = driver_request(port, "DELETE", &format!("/session/{id}"), "");
 }
 
-/// One blocking HTTP/1.1 request to chromedriver; returns the raw response.
+/// One blocking HTTP/1.1 request to chromedriver; returns the raw response (read up to its
+/// Content-Length: chromedriver may keep the connection open).
 fn driver_request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, rest)| {
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+            });
+            length.is_some_and(|len| rest.len() >= len)
+        });
+        if n == 0 || complete {
+            return Ok(text.into_owned());
+        }
+    }
 }
 
 fn wait_for_port(port: u16, timeout: Duration) {
