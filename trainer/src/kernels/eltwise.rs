@@ -5,7 +5,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::relu_mask;
-use super::storage::slice;
+use super::storage::{par_planes, slice};
 
 const NAME: &str = "crt-add-relu";
 /// Elements per parallel task: large enough to amortize scheduling, small enough to balance.
@@ -15,12 +15,13 @@ pub struct AddRelu;
 
 /// The gradient where the ReLU's output is positive, zero elsewhere (PyTorch's threshold backward).
 pub fn relu_masked(grad: &[f32], res: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; grad.len()];
-    out.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK).zip(res.par_chunks(CHUNK))).for_each(|(o, (g, r))| {
-        for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
-            *o = if r > 0.0 { g } else { 0.0 };
-        }
-    });
+    // Collected rather than filled: no zeroing pass before the write.
+    let mut out = Vec::new();
+    grad.par_iter()
+        .zip(res)
+        .with_min_len(CHUNK)
+        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
+        .collect_into_vec(&mut out);
     out
 }
 
@@ -34,11 +35,9 @@ impl CustomOp2 for AddRelu {
             bail!("{NAME}: shapes differ: {:?} and {:?}", l1.shape(), l2.shape())
         }
         let (a, b) = (slice(s1, l1, NAME)?, slice(s2, l2, NAME)?);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-                *o = (a + b).max(0.0);
-            }
+        let out = par_planes(a.len(), CHUNK, |i| {
+            let part = i * CHUNK..((i + 1) * CHUNK).min(a.len());
+            a[part.clone()].iter().zip(&b[part]).map(|(a, b)| (a + b).max(0.0))
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -59,6 +59,23 @@ impl ConvGeom {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
+    /// Stride 1 with the output as large as the input ("same" padding, e.g. 3x3 with padding 1):
+    /// each im2col row is then the whole image plane shifted by (ky - pad, kx - pad).
+    fn is_same_size(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
+    }
+
+    /// For an im2col row with kernel offset (ky, kx) of a same-size convolution: the shift from
+    /// a column's pixel index to its input index, the columns whose input index lies in the
+    /// plane (not yet excluding wrapped rows), and the column shift alone.
+    fn same_size_shift(&self, ky: usize, kx: usize) -> (isize, std::ops::Range<usize>, isize) {
+        let (dy, dx) = (ky as isize - self.pad as isize, kx as isize - self.pad as isize);
+        let shift = dy * self.w as isize + dx;
+        let len = (self.h * self.w) as isize;
+        let (lo, hi) = ((-shift).clamp(0, len) as usize, (len - shift).clamp(0, len) as usize);
+        (shift, lo..hi.max(lo), dx)
+    }
+
     /// For kernel offset `k` along an axis of `len` inputs and `out` outputs: the first and
     /// one-past-last output index whose input index `o * stride + k - pad` lies inside [0, len).
     fn valid(&self, k: usize, len: usize, out: usize) -> (usize, usize) {
@@ -71,6 +88,9 @@ impl ConvGeom {
 
 /// Fills `col` [patch, pixels] from one sample `x` [cin, h, w]; padding reads as zero.
 pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    if g.is_same_size() {
+        return im2col_same_size(g, x, col);
+    }
     let (pixels, s) = (g.pixels(), g.stride);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
@@ -102,9 +122,45 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
     }
 }
 
+/// im2col of a same-size convolution: one block copy per row instead of one copy per output row
+/// (the short copies dominated), then zeros where the shift crosses the plane's left or right edge.
+fn im2col_same_size(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let hw = g.h * g.w;
+    for ci in 0..g.cin {
+        let plane = &x[ci * hw..][..hw];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                let (shift, valid, dx) = g.same_size_shift(ky, kx);
+                let src = (valid.start as isize + shift) as usize;
+                row[..valid.start].fill(0.0);
+                row[valid.end..].fill(0.0);
+                row[valid.clone()].copy_from_slice(&plane[src..src + valid.len()]);
+                zero_wrapped_columns(row, g.w, dx);
+            }
+        }
+    }
+}
+
+/// In every image row of `row`, zeroes the columns whose input column (x + dx) is outside [0, w).
+/// Strided single writes: a `fill` per image row became a memset call per element.
+fn zero_wrapped_columns(row: &mut [f32], w: usize, dx: isize) {
+    let edge = dx.unsigned_abs().min(w);
+    let columns = if dx > 0 { w - edge..w } else { 0..edge };
+    for c in columns {
+        for v in row[c..].iter_mut().step_by(w) {
+            *v = 0.0;
+        }
+    }
+}
+
 /// Adds every column entry of `col` [patch, pixels] into the pixel of `dx` [cin, h, w] it was read
-/// from (entries that came from padding are dropped). `dx` is not cleared first.
-pub fn col2im_add(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
+/// from (entries that came from padding are dropped). `dx` is not cleared first; `col` is used as
+/// scratch.
+pub fn col2im_add(g: &ConvGeom, col: &mut [f32], dx: &mut [f32]) {
+    if g.is_same_size() {
+        return col2im_add_same_size(g, col, dx);
+    }
     let (pixels, s) = (g.pixels(), g.stride);
     for ci in 0..g.cin {
         let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
@@ -126,6 +182,26 @@ pub fn col2im_add(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
                             *d += *v;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of a same-size convolution: entries that came from across the left or right edge are
+/// zeroed in `col`, so each row adds into the plane as one contiguous block.
+fn col2im_add_same_size(g: &ConvGeom, col: &mut [f32], dx: &mut [f32]) {
+    let hw = g.h * g.w;
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * hw..][..hw];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                let (shift, valid, dxs) = g.same_size_shift(ky, kx);
+                zero_wrapped_columns(row, g.w, dxs);
+                let dst = (valid.start as isize + shift) as usize;
+                for (d, v) in plane[dst..dst + valid.len()].iter_mut().zip(&row[valid]) {
+                    *d += *v;
                 }
             }
         }
@@ -161,9 +237,17 @@ mod tests {
 
     #[test]
     fn im2col_matches_the_definition_and_col2im_is_its_adjoint() {
-        for (cin, h, w, k, stride, pad) in
-            [(2, 7, 6, 3, 1, 1), (3, 8, 8, 3, 2, 1), (2, 8, 7, 1, 2, 0), (1, 9, 9, 5, 1, 0), (2, 5, 5, 3, 3, 2)]
-        {
+        let cases = [
+            (2, 7, 6, 3, 1, 1), // same size (the fast path)
+            (3, 8, 8, 3, 2, 1),
+            (2, 8, 7, 1, 2, 0),
+            (1, 9, 9, 5, 1, 0),
+            (2, 5, 5, 3, 3, 2),
+            (2, 6, 9, 5, 1, 2), // same size, 5x5
+            (1, 3, 2, 5, 1, 2), // same size, shifts wider than the plane
+            (3, 4, 4, 1, 1, 0), // pointwise
+        ];
+        for (cin, h, w, k, stride, pad) in cases {
             let g = ConvGeom::new(&[1, cin, h, w], &[4, cin, k, k], stride, pad).unwrap();
             let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.7).sin()).collect();
             let mut col = vec![f32::NAN; g.patch() * g.pixels()];
@@ -172,7 +256,7 @@ mod tests {
             // <im2col(x), c> == <x, col2im(c)> for any c.
             let c: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.3).cos()).collect();
             let mut back = vec![0.0; g.in_len()];
-            col2im_add(&g, &c, &mut back);
+            col2im_add(&g, &mut c.clone(), &mut back);
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4, "{g:?}: {lhs} vs {rhs}");

@@ -13,6 +13,7 @@ mod gemm;
 mod im2col;
 mod norm;
 mod pool;
+mod scratch;
 mod storage;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,8 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::eltwise::relu_masked;
-use super::storage::{slice, with_values};
+use super::storage::{par_planes, slice, with_values};
 
 const NAME: &str = "crt-batch-norm";
 
@@ -33,15 +32,19 @@ impl BatchStats {
     pub fn of(x: &Tensor) -> Result<Self> {
         let (n, c, hw) = dims3(x.dims())?;
         with_values(x, NAME, |v| {
+            // One pass with shifted sums (shift = the channel's first value, close to its mean),
+            // so that E[d²] - E[d]² does not cancel catastrophically.
             let per_channel: Vec<(f64, f64)> = (0..c)
                 .into_par_iter()
                 .map(|ch| {
-                    let planes = (0..n).map(|s| &v[(s * c + ch) * hw..][..hw]);
-                    let sum: f64 = planes.clone().map(|p| lane_sum(p, |x| x) as f64).sum();
-                    let mean = sum / (n * hw) as f64;
-                    let m = mean as f32;
-                    let sq: f64 = planes.map(|p| lane_sum(p, |x| (x - m) * (x - m)) as f64).sum();
-                    (mean, sq / (n * hw) as f64)
+                    let shift = v[ch * hw];
+                    let (s1, s2) = (0..n).fold((0f64, 0f64), |(s1, s2), s| {
+                        let (a, b) = lane_sums(&v[(s * c + ch) * hw..][..hw], shift);
+                        (s1 + a as f64, s2 + b as f64)
+                    });
+                    let count = (n * hw) as f64;
+                    let mean_d = s1 / count;
+                    (shift as f64 + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
                 })
                 .collect();
             let (mean, var) = per_channel.into_iter().unzip();
@@ -72,48 +75,53 @@ impl BatchNormTrain {
         if weight.len() != c || bias.len() != c || self.mean.len() != c {
             bail!("{NAME}: {c} channels, but weight, bias or statistics have another length")
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (o, xs))| {
+        let relu = self.relu;
+        Ok(par_planes(x.len(), hw, |p| {
             let ch = p % c;
             let scale = weight[ch] * self.inv_std[ch];
             let shift = bias[ch] - self.mean[ch] * scale;
-            for (o, &x) in o.iter_mut().zip(xs) {
+            x[p * hw..(p + 1) * hw].iter().map(move |&x| {
                 let y = x * scale + shift;
-                *o = if self.relu { y.max(0.0) } else { y };
-            }
-        });
-        Ok(out)
+                if relu {
+                    y.max(0.0)
+                } else {
+                    y
+                }
+            })
+        }))
     }
 
     /// (dx, dweight, dbias) from x, the weight, the output (for the ReLU mask) and its gradient.
     fn backward(&self, dims: &[usize], x: &[f32], weight: &[f32], res: &[f32], grad: &[f32]) -> Result<[Vec<f32>; 3]> {
         let (n, c, hw) = dims3(dims)?;
-        // dx starts as the output gradient behind the ReLU's mask.
-        let mut dx = if self.relu { relu_masked(grad, res) } else { grad.to_vec() };
-        // Per channel: Σ dy and Σ dy * (x - mean), plane sums in f32 lanes, added in f64.
+        let relu = self.relu;
+        // Per channel: Σ dy and Σ dy * (x - mean), dy being the gradient behind the ReLU's mask;
+        // plane sums in f32 lanes, added in f64.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let mean = self.mean[ch];
                 (0..n).fold((0f64, 0f64), |(a, b), s| {
-                    let base = (s * c + ch) * hw;
-                    let (d, xs) = (&dx[base..base + hw], &x[base..base + hw]);
-                    (a + lane_sum(d, |v| v) as f64, b + lane_dot(d, xs, mean) as f64)
+                    let plane = (s * c + ch) * hw..(s * c + ch + 1) * hw;
+                    let (d, e) = lane_grad_sums(&grad[plane.clone()], &res[plane.clone()], &x[plane], mean, relu);
+                    (a + d as f64, b + e as f64)
                 })
             })
             .collect();
         let count = (n * hw) as f64;
         let (mean, inv_std) = (&self.mean, &self.inv_std);
         let xhat_sums: Vec<f64> = sums.iter().zip(inv_std).map(|(s, &i)| s.1 * i as f64).collect();
-        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (d, xs))| {
+        let dx = par_planes(x.len(), hw, |p| {
             let ch = p % c;
             let (m, i) = (mean[ch], inv_std[ch]);
             let mean_dy = (sums[ch].0 / count) as f32;
             let mean_dy_xhat = (xhat_sums[ch] / count) as f32;
             let k = weight[ch] * i;
-            for (d, &x) in d.iter_mut().zip(xs) {
-                *d = k * (*d - mean_dy - (x - m) * i * mean_dy_xhat);
-            }
+            let plane = p * hw..(p + 1) * hw;
+            grad[plane.clone()].iter().zip(&res[plane.clone()]).zip(&x[plane]).map(move |((&g, &r), &x)| {
+                let d = if relu && r <= 0.0 { 0.0 } else { g };
+                k * (d - mean_dy - (x - m) * i * mean_dy_xhat)
+            })
         });
         let dweight = xhat_sums.iter().map(|&v| v as f32).collect();
         let dbias = sums.iter().map(|s| s.0 as f32).collect();
@@ -124,30 +132,40 @@ impl BatchNormTrain {
 /// Lanes for the reductions: independent partial sums that the compiler can keep in one vector.
 const LANES: usize = 8;
 
-/// Σ f(v) over a slice, in `LANES` partial sums.
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0f32; LANES];
+/// (Σ (v - shift), Σ (v - shift)²) over a slice, in `LANES` partial sums.
+fn lane_sums(values: &[f32], shift: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
     let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    let tail =
+        chunks.remainder().iter().fold((0f32, 0f32), |(s, q), &v| (s + (v - shift), q + (v - shift) * (v - shift)));
     for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += f(v);
+        for ((a, b), &v) in a.iter_mut().zip(b.iter_mut()).zip(chunk) {
+            let d = v - shift;
+            *a += d;
+            *b += d * d;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    (a.iter().sum::<f32>() + tail.0, b.iter().sum::<f32>() + tail.1)
 }
 
-/// Σ d * (x - mean) over two slices of equal length, in `LANES` partial sums.
-fn lane_dot(d: &[f32], x: &[f32], mean: f32) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (dc, xc) = (d.chunks_exact(LANES), x.chunks_exact(LANES));
-    let tail: f32 = dc.remainder().iter().zip(xc.remainder()).map(|(d, x)| d * (x - mean)).sum();
-    for (dc, xc) in dc.zip(xc) {
-        for ((a, d), x) in acc.iter_mut().zip(dc).zip(xc) {
-            *a += d * (x - mean);
+/// (Σ dy, Σ dy * (x - mean)) over one plane, dy = grad masked where the ReLU's output is 0.
+fn lane_grad_sums(grad: &[f32], res: &[f32], x: &[f32], mean: f32, relu: bool) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let dy = |g: f32, r: f32| if relu && r <= 0.0 { 0.0 } else { g };
+    let (gc, rc, xc) = (grad.chunks_exact(LANES), res.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail =
+        gc.remainder().iter().zip(rc.remainder()).zip(xc.remainder()).fold((0f32, 0f32), |(s, t), ((&g, &r), &x)| {
+            let d = dy(g, r);
+            (s + d, t + d * (x - mean))
+        });
+    for ((gc, rc), xc) in gc.zip(rc).zip(xc) {
+        for i in 0..LANES {
+            let d = dy(gc[i], rc[i]);
+            a[i] += d;
+            b[i] += d * (xc[i] - mean);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    (a.iter().sum::<f32>() + tail.0, b.iter().sum::<f32>() + tail.1)
 }
 
 impl CustomOp3 for BatchNormTrain {

@@ -1,6 +1,7 @@
 //! Borrowing a tensor's f32 values on the CPU, for the kernels' forward and backward passes.
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// The values of a contiguous f32 CPU storage, from the layout's start offset.
 pub fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -15,5 +16,37 @@ pub fn with_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>)
     match &*storage {
         Storage::Cpu(cpu) => f(slice(cpu, layout, op)?),
         _ => bail!("{op}: the CPU kernel got a tensor on another device"),
+    }
+}
+
+/// A vector of `len` values made plane by plane in parallel: plane `i` (of `plane` values; the
+/// last may be shorter) is filled from the iterator `values(i)`. Writing straight into the
+/// allocation skips the zeroing pass that `vec![0.0; len]` would cost.
+pub fn par_planes<I: Iterator<Item = f32>>(len: usize, plane: usize, values: impl Fn(usize) -> I + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(plane.max(1)).enumerate().for_each(|(i, slots)| {
+        let mut written = 0;
+        for (slot, v) in slots.iter_mut().zip(values(i)) {
+            slot.write(v);
+            written += 1;
+        }
+        assert_eq!(written, slots.len(), "par_planes: plane {i} got too few values");
+    });
+    // SAFETY: every plane's slots were all written (asserted above; a panic propagates out of
+    // for_each before this line), so the first `len` elements are initialized.
+    unsafe { out.set_len(len) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_are_filled_in_order_and_short_planes_are_refused() {
+        let v = par_planes(7, 3, |i| (0..3).map(move |j| (i * 10 + j) as f32));
+        assert_eq!(v, [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 20.0]);
+        let short = std::panic::catch_unwind(|| par_planes(6, 3, |i| (0..i).map(|j| j as f32)));
+        assert!(short.is_err());
     }
 }
