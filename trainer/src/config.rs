@@ -138,6 +138,7 @@ impl std::str::FromStr for Dataset {
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     Linear,
+    Mlp,
     Lenet,
     Resnet20,
     Resnet56,
@@ -145,10 +146,11 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [Arch::Linear, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110];
+    pub const ALL: [Arch; 6] = [Arch::Linear, Arch::Mlp, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110];
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Linear => "linear",
+            Arch::Mlp => "mlp",
             Arch::Lenet => "lenet",
             Arch::Resnet20 => "resnet20",
             Arch::Resnet56 => "resnet56",

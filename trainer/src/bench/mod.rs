@@ -56,7 +56,7 @@ impl Case {
     /// 3x32x32 for the CIFAR ResNets.
     pub fn dataset(&self) -> Dataset {
         match self.arch {
-            Arch::Linear | Arch::Lenet => Dataset::Mnist,
+            Arch::Linear | Arch::Mlp | Arch::Lenet => Dataset::Mnist,
             Arch::Resnet20 | Arch::Resnet56 | Arch::Resnet110 => Dataset::Cifar10,
         }
     }

@@ -55,8 +55,8 @@ impl BenchArgs {
         let mut cases = Vec::new();
         for model in self.models.split(',').filter(|s| !s.is_empty()) {
             let arch: Arch = model.parse().map_err(|e| anyhow::anyhow!("--models: {e}"))?;
-            if arch == Arch::Linear {
-                bail!("--models: linear has no PyTorch reference; expected lenet, resnet20, resnet56 or resnet110");
+            if matches!(arch, Arch::Linear | Arch::Mlp) {
+                bail!("--models: {model} has no PyTorch reference; expected lenet, resnet20, resnet56 or resnet110");
             }
             for mode in self.modes.split(',').filter(|s| !s.is_empty()) {
                 let mode: Mode = mode.parse()?;

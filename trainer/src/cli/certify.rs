@@ -40,7 +40,7 @@ pub struct SmoothedArgs {
     /// --dataset and --sigma.
     #[arg(long, value_name = "FILE", requires_all = ["arch", "dataset"])]
     pub weights: Option<PathBuf>,
-    /// Architecture of --weights: linear, lenet, resnet20, resnet56 or resnet110.
+    /// Architecture of --weights: linear, mlp, lenet, resnet20, resnet56 or resnet110.
     #[arg(long, requires = "weights")]
     pub arch: Option<Arch>,
     /// Dataset of --weights: mnist, fashion-mnist or cifar10.

@@ -17,7 +17,7 @@ pub struct TrainArgs {
     /// mnist, fashion-mnist or cifar10.
     #[arg(long)]
     pub dataset: Option<Dataset>,
-    /// linear, lenet, resnet20, resnet56 or resnet110.
+    /// linear, mlp, lenet, resnet20, resnet56 or resnet110.
     #[arg(long)]
     pub arch: Option<Arch>,
     /// standard, gaussian, smoothadv, macer, consistency or smoothmix (default: gaussian when --sigma

@@ -5,6 +5,7 @@ mod init;
 mod lenet;
 mod linear;
 pub mod meta;
+mod mlp;
 mod resnet;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub struct Model {
 
 enum Net {
     Linear(linear::LinearNet),
+    Mlp(mlp::Mlp),
     Lenet(lenet::Lenet),
     Resnet(resnet::Resnet),
 }
@@ -41,6 +43,7 @@ impl Model {
         let classes = dataset.classes();
         let net = match arch {
             Arch::Linear => Net::Linear(linear::LinearNet::new(c * h * w, classes, vb)?),
+            Arch::Mlp => Net::Mlp(mlp::Mlp::new(c * h * w, classes, vb)?),
             Arch::Lenet => Net::Lenet(lenet::Lenet::new(c, h, w, classes, vb)?),
             Arch::Resnet20 | Arch::Resnet56 | Arch::Resnet110 => {
                 Net::Resnet(resnet::Resnet::new(resnet::depth(arch), c, classes, vb)?)
@@ -91,6 +94,7 @@ impl Model {
         let x = self.normalization.apply(x)?;
         match &self.net {
             Net::Linear(n) => n.forward(&x),
+            Net::Mlp(n) => n.forward(&x),
             Net::Lenet(n) => n.forward(&x),
             Net::Resnet(n) => n.forward_t(&x, train),
         }
@@ -127,6 +131,7 @@ mod tests {
         let dev = Device::Cpu;
         let cases = [
             (Arch::Linear, Dataset::Mnist, 7850),
+            (Arch::Mlp, Dataset::Mnist, 669_706),
             (Arch::Lenet, Dataset::Mnist, 431_080),
             (Arch::Resnet20, Dataset::Cifar10, 272_474),
             (Arch::Resnet20, Dataset::Mnist, 272_186),
