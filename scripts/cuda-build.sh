@@ -83,3 +83,15 @@ echo "cuda-build: $BIN ($(du -h "$BIN" | cut -f1)), features $FEATURES, compute 
 # The binary must list the CUDA libraries it will load on a GPU machine.
 readelf -d "$BIN" | grep -E 'NEEDED.*(libcuda\.so\.1|libcublas)' >/dev/null ||
   { echo "cuda-build: $BIN does not link the CUDA libraries" >&2; exit 1; }
+
+# Smoke test, still without a GPU: with the stub driver the CUDA build starts, runs CPU work on
+# `--device cpu` and `auto`, and refuses `--device cuda` at once with a clear message (no panic).
+ln -sf libcuda.so "$LINK/libcuda.so.1"
+smoke() { LD_LIBRARY_PATH=$LINK:$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$BIN" "$@"; }
+smoke --device auto bench --no-torch --models lenet --modes certify --runs 1 >/dev/null
+if smoke --device cuda bench --no-torch --models lenet --modes certify --runs 1 >/dev/null 2>"$LINK/smoke.err"; then
+  echo "cuda-build: --device cuda succeeded with the stub driver; expected a refusal" >&2; exit 1
+fi
+grep -q -- "--device cuda: no usable CUDA GPU" "$LINK/smoke.err" && ! grep -q panicked "$LINK/smoke.err" ||
+  { echo "cuda-build: unexpected --device cuda error:" >&2; cat "$LINK/smoke.err" >&2; exit 1; }
+echo "cuda-build: smoke test passed ($(head -c 200 "$LINK/smoke.err"))" >&2

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::devices::Device;
+
 /// CRT Lab server: experiments, runs, trainer supervision and live streaming.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "crt-server", version)]
@@ -29,6 +31,13 @@ pub struct Cli {
     /// The crt-trainer executable (default: next to this executable).
     #[arg(long, env = "CRT_TRAINER_BIN")]
     pub trainer_bin: Option<PathBuf>,
+    /// A CUDA build of crt-trainer for GPU runs (CPU runs keep --trainer-bin: a CUDA build cannot
+    /// start where the driver library is missing). Default: --trainer-bin for every run.
+    #[arg(long, env = "CRT_TRAINER_CUDA_BIN")]
+    pub trainer_cuda_bin: Option<PathBuf>,
+    /// The nvidia-smi that lists the GPUs; when it is absent the server has no GPUs.
+    #[arg(long, env = "CRT_NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: PathBuf,
     /// Seconds a stopping trainer gets to write its checkpoint before SIGKILL.
     #[arg(long, default_value_t = 30)]
     pub stop_grace_secs: u64,
@@ -47,6 +56,8 @@ pub struct Settings {
     pub database_url: String,
     pub max_concurrent_runs: usize,
     pub trainer_bin: PathBuf,
+    pub trainer_cuda_bin: Option<PathBuf>,
+    pub nvidia_smi: PathBuf,
     pub stop_grace: Duration,
     pub static_dir: PathBuf,
 }
@@ -72,9 +83,19 @@ impl Settings {
             database_url,
             max_concurrent_runs: cli.max_concurrent_runs as usize,
             trainer_bin,
+            trainer_cuda_bin: cli.trainer_cuda_bin,
+            nvidia_smi: cli.nvidia_smi,
             stop_grace: Duration::from_secs(cli.stop_grace_secs),
             static_dir: cli.static_dir,
         })
+    }
+
+    /// The trainer executable for a run on `device`.
+    pub fn trainer_for(&self, device: Device) -> &Path {
+        match (device, &self.trainer_cuda_bin) {
+            (Device::Cuda(_), Some(cuda)) => cuda,
+            _ => &self.trainer_bin,
+        }
     }
 
     /// A run's output directory.

@@ -3,6 +3,7 @@
 
 pub mod certified;
 pub mod cli;
+pub mod devices;
 pub mod downsample;
 pub mod http;
 pub mod ingest;
@@ -19,6 +20,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Settings};
+use crate::devices::GpuMonitor;
 use crate::http::AppState;
 use crate::runs::RunManager;
 use crate::store::Store;
@@ -33,8 +35,13 @@ pub async fn serve(cli: Cli) -> anyhow::Result<()> {
             settings.trainer_bin.display()
         );
     }
+    if let Some(cuda) = settings.trainer_cuda_bin.as_deref().filter(|p| !p.is_file()) {
+        tracing::warn!("CUDA trainer {} not found: GPU runs will fail to start", cuda.display());
+    }
     let shutdown = CancellationToken::new();
-    let manager = RunManager::new(store.clone(), settings.clone(), shutdown.clone());
+    let gpus = GpuMonitor::detect(settings.nvidia_smi.clone()).await;
+    gpus.spawn_refresh(devices::REFRESH_EVERY, shutdown.clone());
+    let manager = RunManager::new(store.clone(), settings.clone(), gpus, shutdown.clone());
     manager.start().await?;
 
     let listener = tokio::net::TcpListener::bind(settings.bind)

@@ -206,6 +206,7 @@ async fn create_runs(
         name: Some(role),
         parents,
         config,
+        device: None,
     };
     let teacher = manager.create(add("teacher".into(), vec![], req.train_config(req.teacher.arch))).await?.id;
     created.insert("teacher".into(), teacher);

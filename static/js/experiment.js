@@ -86,7 +86,8 @@ function row(view) {
     // Default names already end in "#id".
     el('td', {}, el('a', { class: 'row-title', href: `/runs/${id}` }, v.name.endsWith(`#${id}`) ? null : el('span', { class: 'muted' }, `#${id} `), v.name)),
     statusCell(view.run),
-    el('td', {}, v.kind),
+    // Where it ran, under its kind: a column of its own would not fit beside the results.
+    el('td', {}, v.kind, view.run.device ? el('div', { class: 'row-sub', title: 'device' }, view.run.device) : null),
     el('td', {}, v.arch ?? DASH),
     el('td', {}, v.method ?? DASH),
     el('td', { class: 'num' }, v.sigma ?? DASH),
@@ -226,10 +227,10 @@ compareButton.addEventListener('click', () => {
 
 document.getElementById('export-csv').addEventListener('click', () => {
   const header = ['id', 'name', 'status', 'kind', 'arch', 'method', 'sigma', 'epochs', 'clean_accuracy',
-    ...radii.filter((r) => r > 0).map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', 'certification_run'];
+    ...radii.filter((r) => r > 0).map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', 'certification_run', 'device'];
   const rows = visibleViews().map((view) => {
     const v = values(view);
-    return [v.id, v.name, v.status, v.kind, v.arch, v.method, v.sigma, v.epochs, v.clean, v['r0.25'], v['r0.5'], v['r0.75'], v.r1, v.acr, v.wall.toFixed(1), v.certId];
+    return [v.id, v.name, v.status, v.kind, v.arch, v.method, v.sigma, v.epochs, v.clean, v['r0.25'], v['r0.5'], v['r0.75'], v.r1, v.acr, v.wall.toFixed(1), v.certId, view.run.device ?? ''];
   });
   const slug = data.experiment.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || `experiment-${experimentId}`;
   download(`${slug}-runs.csv`, toCsv(header, rows));

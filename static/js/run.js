@@ -6,7 +6,7 @@ import { el, pct, num, int, duration, dateTime, bytes, coalesce, throttleByKey, 
 import { subscribe } from './live.js';
 import { ChartSlot, PALETTE, axisLabel } from './charts.js';
 import { MetricStore, CertStore, smooth, positiveOnly, radiusGrid } from './metrics.js';
-import { viewOf, wallTime, summaryQuery } from './runs.js';
+import { viewOf, wallTime, summaryQuery, deviceText } from './runs.js';
 import './launch.js';
 
 const data = pageData();
@@ -54,6 +54,7 @@ function renderStatus() {
   $('fact-started').textContent = dateTime(run.started_at);
   $('fact-finished').textContent = dateTime(run.finished_at);
   $('fact-attempt').textContent = String(run.attempt);
+  $('fact-device').textContent = deviceText(run);
   $('fact-results').textContent = summaryText(run.summary);
   const error = $('run-error');
   error.hidden = !run.error;

@@ -1,5 +1,7 @@
 // What the tables show of a run (an API RunView), shared by the experiment and compare pages.
 
+import { DASH } from './dom.js';
+
 export const MODEL_KINDS = ['train', 'transfer'];
 
 /** The API's run JSON (the run's columns flattened beside `metrics`, `resumable`, `last_seq`)
@@ -30,6 +32,13 @@ export function certifiedAt(summary, r) {
   if (!summary || !summary.n) return null;
   const entry = summary.radii.find((x) => Math.abs(x.radius - r) < 1e-9);
   return entry ? entry.certified_accuracy : null;
+}
+
+/** Where the run ran ("cuda:1"), with what it asked for when that says more ("asked: gpu"). */
+export function deviceText(run) {
+  const asked = run.device_request || 'auto';
+  if (!run.device) return asked === 'auto' ? DASH : `asked: ${asked}`;
+  return asked === 'auto' || asked === run.device ? run.device : `${run.device} (asked: ${asked})`;
 }
 
 /** Wall time so far: the stored total plus the running attempt. */

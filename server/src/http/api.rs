@@ -37,6 +37,7 @@ pub struct Q<T>(pub T);
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
+        .route("/devices", get(super::devices::get_devices))
         .route("/experiments", get(list_experiments).post(create_experiment))
         .route("/experiments/{id}", get(get_experiment).patch(update_experiment).delete(delete_experiment))
         .route("/experiments/{id}/runs", get(list_experiment_runs))

@@ -1,6 +1,7 @@
 //! HTTP: the JSON API (`/api/v1`), live event streams, the OpenAPI document and static files.
 
 pub mod api;
+pub mod devices;
 pub mod errors;
 pub mod openapi;
 pub mod pages;

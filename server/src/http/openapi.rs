@@ -104,6 +104,7 @@ pub fn spec() -> Value {
 
     let mut paths = Map::new();
     paths.insert("/api/v1/health".into(), json!({ "get": op("Liveness and database check", vec![], None, vec![("200", ok("OK", json!({"type": "object"})))]) }));
+    paths.insert("/api/v1/devices".into(), json!({ "get": op("The CPU and the GPUs (from nvidia-smi, refreshed every 5 s), with the run each GPU is busy with", vec![], None, vec![("200", ok("Devices", schema_ref("Devices")))]) }));
     paths.insert("/api/v1/experiments".into(), json!({
                 "get": op("List experiments", vec![], None, vec![("200", ok("Experiments", json!({"type": "array", "items": schema_ref("Experiment")})))]),
                 "post": op("Create an experiment", vec![], Some(json_body(schema_ref("NewExperiment"))), vec![
@@ -230,7 +231,9 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "experiment_id": int,
             "name": { "type": "string", "description": "Default: '<kind> <arch> <method> <dataset> #<id>'" },
             "parents": { "type": "array", "items": int, "description": "transfer: [teacher run]; certify/predict: [model run]; train: []" },
-            "config": schema_ref("RunConfig") } }));
+            "config": schema_ref("RunConfig"),
+            "device": { "type": ["string", "null"], "pattern": "^(auto|cpu|gpu|cuda:[0-9]+)$",
+                "description": "auto (default: a GPU if the server has any, waiting for a free one; else the CPU), cpu, gpu (the first free GPU) or cuda:N (nvidia-smi's index N). One run per GPU at a time. 422 with field `device` when no such GPU is detected" } } }));
     s.insert("RunConfig".into(), json!({ "type": "object", "required": ["kind"], "description":
             "The trainer's RunConfig (crt_trainer::config), tagged by kind. The server sets out_dir, data.data_dir / data_dir, \
              teacher (transfer), model (certify/predict with a parent) and resume.",
@@ -246,10 +249,22 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "attempt": { "type": "integer", "description": "Trainer processes started so far" },
             "pid": opt("integer"), "pgid": opt("integer"), "exit_code": opt("integer"), "exit_signal": opt("integer"),
             "error": opt("string"), "summary": { "description": "Final metrics of a finished run" },
+            "device_request": { "type": "string", "description": "What the run asked for: auto, cpu, gpu or cuda:N" },
+            "device": { "type": ["string", "null"], "description": "Where its latest attempt ran: cpu or cuda:N (the trainer's --device); null until it starts" },
             "progress": { "type": ["object", "null"], "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
             "resumable": { "type": "boolean" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
+    s.insert("Devices".into(), json!({ "type": "object", "properties": {
+            "cpu": { "type": "object", "properties": {
+                "cores": int, "max_concurrent_runs": { "type": "integer", "description": "CPU runs at once (--max-concurrent-runs)" },
+                "running": { "type": "integer", "description": "Runs on the CPU now" } } },
+            "gpus": { "type": "array", "description": "Empty when nvidia-smi is absent or finds none", "items": { "type": "object", "properties": {
+                "index": { "type": "integer", "description": "nvidia-smi's index: run with device cuda:<index>" },
+                "name": str_, "uuid": str_,
+                "utilization_pct": opt("number"), "memory_used_mib": opt("integer"), "memory_total_mib": opt("integer"),
+                "busy_run": { "type": ["integer", "null"], "description": "The run on this GPU (one at a time)" } } } },
+            "gpu_error": { "type": ["string", "null"], "description": "Why the last nvidia-smi query failed or what it printed that is not a GPU" } } }));
     s.insert(
         "MetricPoint".into(),
         json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num, "value": num } }),
@@ -295,7 +310,7 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "seq": int, "run_id": int, "experiment_id": int, "ts": num,
             "type": { "type": "string", "enum": ["status", "started", "metrics", "progress", "log", "artifact", "certificate"] } },
             "additionalProperties": true,
-            "description": "status: {status, error?, exit_code?, exit_signal?, pid?}; metrics: {step, epoch, values}; \
+            "description": "status: {status, error?, exit_code?, exit_signal?, pid?, device?}; metrics: {step, epoch, values}; \
                 progress: {phase, done, total, unit}; log: {id, stream, level, line}; artifact: Artifact; certificate: Certificate; \
                 started: {version, device, threads, resumed_from_step}" }));
     Value::Object(s)

@@ -17,6 +17,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use super::api::RunView;
+use super::devices::DevicesView;
 use super::AppState;
 use crate::store::experiments::{self, Experiment};
 use crate::store::journal::{self, Scope};
@@ -102,6 +103,7 @@ async fn find_experiment(app: &AppState, id: i64) -> Result<Experiment, PageErro
 #[template(path = "experiments.html")]
 struct ExperimentsPage {
     experiments: Vec<Experiment>,
+    devices: DevicesView,
     data: String,
 }
 
@@ -113,8 +115,9 @@ impl ExperimentsPage {
 
 async fn experiments_page(State(app): State<AppState>) -> Result<Response, PageError> {
     let experiments = experiments::list(&app.store.pool).await?;
-    let data = script_json(&serde_json::json!({ "experiments": experiments }))?;
-    render(&ExperimentsPage { experiments, data })
+    let devices = super::devices::view(&app);
+    let data = script_json(&serde_json::json!({ "experiments": experiments, "devices": devices }))?;
+    render(&ExperimentsPage { experiments, devices, data })
 }
 
 // ---------- one experiment ----------

@@ -15,31 +15,49 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use crate::devices::Device;
+
 /// The file name of the config the server writes into each run directory.
 pub const CONFIG_FILE: &str = "run-config.json";
 
 /// Writes `config` to `<run_dir>/run-config.json` and starts
-/// `crt-trainer run --config <that> --events jsonl` in a new process group.
-pub fn spawn_trainer(trainer_bin: &Path, run_dir: &Path, config: &serde_json::Value) -> anyhow::Result<Child> {
+/// `crt-trainer run --config <that> --events jsonl --device <device>` in a new process group.
+pub fn spawn_trainer(
+    trainer_bin: &Path,
+    run_dir: &Path,
+    config: &serde_json::Value,
+    device: Device,
+) -> anyhow::Result<Child> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let config_path = config_path(run_dir);
     let text = serde_json::to_string_pretty(config)?;
     std::fs::write(&config_path, text).with_context(|| format!("cannot write {}", config_path.display()))?;
-    Command::new(trainer_bin)
+    let mut command = Command::new(trainer_bin);
+    command
         .arg("run")
         .arg("--config")
         .arg(&config_path)
         .args(["--events", "jsonl"])
+        .arg("--device")
+        .arg(device.to_string())
         .current_dir(run_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .with_context(|| {
-            format!("cannot start the trainer {} (set --trainer-bin or CRT_TRAINER_BIN)", trainer_bin.display())
-        })
+        .kill_on_drop(false);
+    if let Device::Cuda(_) = device {
+        // CUDA numbers GPUs fastest first by default; nvidia-smi, whose index the server hands
+        // out, numbers them by PCI bus. This makes cuda:N the GPU nvidia-smi calls N.
+        command.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    }
+    command.spawn().with_context(|| {
+        let flag = match device {
+            Device::Cuda(_) => "--trainer-cuda-bin (CRT_TRAINER_CUDA_BIN) or --trainer-bin",
+            Device::Cpu => "--trainer-bin or CRT_TRAINER_BIN",
+        };
+        format!("cannot start the trainer {} (set {flag})", trainer_bin.display())
+    })
 }
 
 pub fn config_path(run_dir: &Path) -> PathBuf {

@@ -31,9 +31,11 @@ pub use status::RunStatus;
 pub use validate::{CreateRunRequest, FieldError};
 
 use crate::cli::Settings;
+use crate::devices::placement::{self, Decision, Slots};
+use crate::devices::{Device, GpuMonitor};
 use crate::ingest::{self, Ingest, Source};
 use crate::launch;
-use crate::store::runs::{Ending, Run};
+use crate::store::runs::{Ending, Run, Started};
 use crate::store::{self, Store};
 
 /// Why a run operation was refused.
@@ -53,11 +55,13 @@ pub enum RunError {
 struct Active {
     pgid: i32,
     stop_requested: Arc<AtomicBool>,
+    device: Device,
 }
 
 pub struct RunManager {
     store: Store,
     settings: Arc<Settings>,
+    gpus: Arc<GpuMonitor>,
     active: Mutex<HashMap<i64, Active>>,
     wake: Notify,
     shutdown: CancellationToken,
@@ -65,10 +69,16 @@ pub struct RunManager {
 }
 
 impl RunManager {
-    pub fn new(store: Store, settings: Arc<Settings>, shutdown: CancellationToken) -> Arc<RunManager> {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        gpus: Arc<GpuMonitor>,
+        shutdown: CancellationToken,
+    ) -> Arc<RunManager> {
         Arc::new(RunManager {
             store,
             settings,
+            gpus,
             active: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             shutdown,
@@ -82,6 +92,18 @@ impl RunManager {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn gpus(&self) -> &GpuMonitor {
+        &self.gpus
+    }
+
+    /// (run id, device) of every trainer running now.
+    pub fn running_devices(&self) -> Vec<(i64, Device)> {
+        let active = self.active.lock().expect("active runs lock");
+        let mut list: Vec<(i64, Device)> = active.iter().map(|(id, a)| (*id, a.device)).collect();
+        list.sort_by_key(|(id, _)| *id);
+        list
     }
 
     /// Reconciles leftover runs, then starts the scheduler.
@@ -135,11 +157,16 @@ impl RunManager {
             other => other.map(str::to_string),
         };
         let checked = validate::check_config(&req.config, &parents, &self.settings.datasets_dir)?;
+        let device = req.device.unwrap_or_default();
+        let gpus = self.gpus.snapshot();
+        placement::check(device, &gpus.indices(), gpus.error.as_deref())
+            .map_err(|message| FieldError::new("device", message))?;
 
         let mut w = self.store.write().await?;
         let now = unix_now();
         let id =
-            store::runs::insert(w.conn(), req.experiment_id, "", checked.kind.as_str(), &checked.columns, now).await?;
+            store::runs::insert(w.conn(), req.experiment_id, "", checked.kind.as_str(), &checked.columns, device, now)
+                .await?;
         let out_dir = self.settings.run_dir(id);
         let name = name.unwrap_or_else(|| format!("{} #{id}", checked.default_name()));
         let config = checked.with_out_dir(&out_dir);
@@ -237,7 +264,9 @@ impl RunManager {
         }
     }
 
-    /// Fails runs whose parents failed, then starts ready runs up to the concurrency limit.
+    /// Fails runs whose parents failed, then starts ready runs where their device is free: one
+    /// run per GPU, up to `--max-concurrent-runs` on the CPU. A run waiting for its device does
+    /// not hold up later runs that want another one.
     async fn schedule_pass(self: &Arc<Self>) -> anyhow::Result<()> {
         // Repeat until no more change: a failure can cascade down a chain of dependents.
         loop {
@@ -266,19 +295,46 @@ impl RunManager {
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
-        let running = self.active.lock().expect("active runs lock").len();
-        let free = self.settings.max_concurrent_runs.saturating_sub(running);
-        for id in store::runs::ready(&self.store.pool).await?.into_iter().take(free) {
-            if let Some(run) = store::runs::get(&self.store.pool, id).await? {
-                self.launch(run).await?;
+        let running = self.running_devices().into_iter().map(|(_, device)| device);
+        let mut slots = Slots::new(self.settings.max_concurrent_runs, &self.gpus.snapshot().indices(), running);
+        for (id, request) in store::runs::ready(&self.store.pool).await? {
+            if slots.is_full() {
+                break;
+            }
+            let pool = &self.store.pool;
+            match slots.place(request) {
+                Decision::Wait => {}
+                Decision::Start(device) => {
+                    if let Some(run) = store::runs::get(pool, id).await? {
+                        self.launch(run, device).await?;
+                    }
+                }
+                Decision::Impossible(why) => {
+                    if let Some(run) = store::runs::get(pool, id).await? {
+                        self.refuse(&run, why).await?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    async fn launch(self: &Arc<Self>, run: Run) -> anyhow::Result<()> {
+    /// Fails a queued run that can never get its device.
+    async fn refuse(&self, run: &Run, why: String) -> anyhow::Result<()> {
+        let end = Ending {
+            status: RunStatus::Failed,
+            exit_code: None,
+            exit_signal: None,
+            error: Some(format!("cannot start: {why}")),
+            wall_time_s: 0.0,
+        };
+        self.record_ending(run, &end).await
+    }
+
+    async fn launch(self: &Arc<Self>, run: Run, device: Device) -> anyhow::Result<()> {
         let run_dir = PathBuf::from(&run.out_dir);
-        let mut child = match launch::spawn_trainer(&self.settings.trainer_bin, &run_dir, &run.config) {
+        let trainer = self.settings.trainer_for(device);
+        let mut child = match launch::spawn_trainer(trainer, &run_dir, &run.config, device) {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!(run = run.id, "{e:#}");
@@ -297,11 +353,12 @@ impl RunManager {
         self.active
             .lock()
             .expect("active runs lock")
-            .insert(run.id, Active { pgid: pid, stop_requested: stop_requested.clone() });
+            .insert(run.id, Active { pgid: pid, stop_requested: stop_requested.clone(), device });
         let recorded = async {
             let mut w = self.store.write().await?;
-            store::runs::set_running(w.conn(), run.id, pid.into(), pid.into(), unix_now()).await?;
-            let data = json!({ "status": "running", "pid": pid, "attempt": run.attempt + 1 });
+            let started = Started { pid: pid.into(), pgid: pid.into(), device };
+            store::runs::set_running(w.conn(), run.id, &started, unix_now()).await?;
+            let data = json!({ "status": "running", "pid": pid, "attempt": run.attempt + 1, "device": device });
             w.journal(run.id, run.experiment_id, "status", data).await?;
             w.commit().await
         }
@@ -313,7 +370,7 @@ impl RunManager {
             self.active.lock().expect("active runs lock").remove(&run.id);
             return Err(e);
         }
-        tracing::info!(run = run.id, pid, "trainer started");
+        tracing::info!(run = run.id, pid, %device, trainer = %trainer.display(), "trainer started");
         let me = self.clone();
         self.tasks.spawn(async move { me.supervise(run, child, stop_requested).await });
         Ok(())

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crt_trainer::config::{ModelSource, RunConfig, RunKind, TransferLoss};
 
+use crate::devices::DeviceRequest;
 use crate::store::runs::{ConfigColumns, Run};
 
 /// `POST /api/v1/runs`.
@@ -23,6 +24,9 @@ pub struct CreateRunRequest {
     #[serde(default)]
     pub parents: Vec<i64>,
     pub config: Value,
+    /// "auto" (the default), "cpu", "gpu" or "cuda:N".
+    #[serde(default)]
+    pub device: Option<DeviceRequest>,
 }
 
 /// A request field that is wrong, and what is allowed.
@@ -258,6 +262,8 @@ mod tests {
             exit_code: Some(0),
             exit_signal: None,
             error: None,
+            device_request: DeviceRequest::Auto,
+            device: None,
             summary: None,
             progress: None,
         }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{any::AnyRow, AnyConnection, AnyPool, Row};
 
+use crate::devices::{Device, DeviceRequest};
 use crate::runs::RunStatus;
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +48,10 @@ pub struct Run {
     pub exit_code: Option<i64>,
     pub exit_signal: Option<i64>,
     pub error: Option<String>,
+    /// The device the run asked for.
+    pub device_request: DeviceRequest,
+    /// Where its latest attempt ran; None until it first starts.
+    pub device: Option<Device>,
     /// The final metrics of a finished run.
     pub summary: Option<Value>,
     pub progress: Option<Progress>,
@@ -64,11 +69,16 @@ pub struct ConfigColumns {
 const COLUMNS: &str = "r.id, r.experiment_id, r.name, r.kind, r.status, r.config, r.resolved_config, r.arch, \
     r.method, r.dataset, r.sigma, r.out_dir, r.created_at, r.queued_at, r.started_at, r.finished_at, \
     r.wall_time_s, r.attempt, r.pid, r.pgid, r.exit_code, r.exit_signal, r.error, r.summary, \
-    r.progress_phase, r.progress_done, r.progress_total, r.progress_unit";
+    r.progress_phase, r.progress_done, r.progress_total, r.progress_unit, r.device_request, r.device";
 
 fn json_column(r: &AnyRow, name: &str) -> anyhow::Result<Option<Value>> {
     let text: Option<String> = r.try_get(name)?;
     text.map(|t| serde_json::from_str(&t).with_context(|| format!("corrupt JSON in runs.{name}"))).transpose()
+}
+
+/// A text column holding a [`Device`] or [`DeviceRequest`].
+fn parsed<T: std::str::FromStr<Err = String>>(text: &str, column: &str) -> anyhow::Result<T> {
+    text.parse().map_err(|e| anyhow::anyhow!("corrupt runs.{column}: {e}"))
 }
 
 fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
@@ -108,6 +118,8 @@ fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
         exit_code: r.try_get("exit_code")?,
         exit_signal: r.try_get("exit_signal")?,
         error: r.try_get("error")?,
+        device_request: parsed(&r.try_get::<String, _>("device_request")?, "device_request")?,
+        device: r.try_get::<Option<String>, _>("device")?.map(|d| parsed(&d, "device")).transpose()?,
         summary: json_column(r, "summary")?,
         progress,
     })
@@ -121,11 +133,13 @@ pub async fn insert(
     name: &str,
     kind: &str,
     columns: &ConfigColumns,
+    device_request: DeviceRequest,
     now: f64,
 ) -> anyhow::Result<i64> {
     let id: i64 = sqlx::query(
         "INSERT INTO runs (experiment_id, name, kind, status, config, arch, method, dataset, sigma, out_dir, \
-         created_at, queued_at) VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9) RETURNING id",
+         created_at, queued_at, device_request) VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9, $10) \
+         RETURNING id",
     )
     .bind(experiment_id)
     .bind(name)
@@ -136,6 +150,7 @@ pub async fn insert(
     .bind(columns.dataset.clone())
     .bind(columns.sigma)
     .bind(now)
+    .bind(device_request.to_string())
     .fetch_one(&mut *conn)
     .await?
     .try_get("id")?;
@@ -317,10 +332,10 @@ pub async fn with_status(pool: &AnyPool, status: RunStatus) -> anyhow::Result<Ve
     rows.iter().map(from_row).collect()
 }
 
-/// Queued runs whose parents have all finished, in queue order.
-pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<i64>> {
+/// Queued runs whose parents have all finished, in queue order, with the device each asks for.
+pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<(i64, DeviceRequest)>> {
     sqlx::query(
-        "SELECT r.id FROM runs r WHERE r.status = 'queued' AND NOT EXISTS (\
+        "SELECT r.id, r.device_request FROM runs r WHERE r.status = 'queued' AND NOT EXISTS (\
            SELECT 1 FROM run_parents rp JOIN runs p ON p.id = rp.parent_id \
            WHERE rp.run_id = r.id AND p.status <> 'finished') \
          ORDER BY r.queued_at, r.id",
@@ -328,7 +343,7 @@ pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<i64>> {
     .fetch_all(pool)
     .await?
     .iter()
-    .map(|r| Ok(r.try_get("id")?))
+    .map(|r| Ok((r.try_get("id")?, parsed(&r.try_get::<String, _>("device_request")?, "device_request")?)))
     .collect()
 }
 
@@ -346,14 +361,22 @@ pub async fn orphaned(pool: &AnyPool) -> anyhow::Result<Vec<(i64, i64, Option<St
     .collect()
 }
 
-pub async fn set_running(conn: &mut AnyConnection, id: i64, pid: i64, pgid: i64, now: f64) -> anyhow::Result<()> {
+/// A trainer process started for the run on `device`.
+pub struct Started {
+    pub pid: i64,
+    pub pgid: i64,
+    pub device: Device,
+}
+
+pub async fn set_running(conn: &mut AnyConnection, id: i64, started: &Started, now: f64) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE runs SET status = 'running', pid = $1, pgid = $2, started_at = $3, finished_at = NULL, \
-         exit_code = NULL, exit_signal = NULL, error = NULL, attempt = attempt + 1 WHERE id = $4",
+         exit_code = NULL, exit_signal = NULL, error = NULL, attempt = attempt + 1, device = $4 WHERE id = $5",
     )
-    .bind(pid)
-    .bind(pgid)
+    .bind(started.pid)
+    .bind(started.pgid)
     .bind(now)
+    .bind(started.device.to_string())
     .bind(id)
     .execute(conn)
     .await?;

@@ -118,6 +118,11 @@ impl TestEnv {
         if !extra.contains(&"--trainer-bin") {
             args.extend(["--trainer-bin".into(), trainer_bin().display().to_string()]);
         }
+        if !extra.contains(&"--nvidia-smi") {
+            // No GPUs unless a test brings its own nvidia-smi: the trainer built here is CPU-only,
+            // and on a GPU machine "auto" runs would otherwise go to the GPU.
+            args.extend(["--nvidia-smi".into(), self.dir.path().join("no-nvidia-smi").display().to_string()]);
+        }
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".into(), url.clone()]);
         }
