@@ -100,3 +100,47 @@ fn add_relu_matches_add_then_relu() {
     let err = kernels::add_relu(a.as_tensor(), &random(&mut r, &[3, 4, 5, 4])).unwrap_err().to_string();
     assert!(err.contains("shapes differ"), "{err}");
 }
+
+/// The fused convolution + training BatchNorm (+ ReLU) against candle's conv2d and candle_nn's
+/// BatchNorm: output, running statistics, and the gradients of x, the kernel, gamma and beta.
+#[test]
+fn fused_conv_batch_norm_matches_conv_then_candle_nn() {
+    let mut r = rng(8);
+    for (x_dims, cout, k, stride, pad, relu) in
+        [([4, 3, 9, 9], 5, 3, 1, 1, true), ([3, 4, 8, 8], 6, 3, 2, 1, false), ([2, 4, 6, 6], 8, 1, 2, 0, true)]
+    {
+        let cin = x_dims[1];
+        let (w, b, m) = (random(&mut r, &[cout]), random(&mut r, &[cout]), random(&mut r, &[cout]));
+        let v = (random(&mut r, &[cout]).abs().unwrap() + 0.5).unwrap();
+        let (ours_map, ours_bn) = batch_norm(cout, &w, &b, &m, &v);
+        let (ref_map, ref_bn) = batch_norm(cout, &w, &b, &m, &v);
+        let kernel = var(&mut r, &[cout, cin, k, k]);
+        let conv = candle_nn::Conv2d::new(
+            kernel.as_tensor().clone(),
+            None,
+            candle_nn::Conv2dConfig { padding: pad, stride, ..Default::default() },
+        );
+        let x = Var::from_tensor(&random(&mut r, &x_dims).affine(2.0, 0.3).unwrap()).unwrap();
+
+        let ours = kernels::conv_bn(x.as_tensor(), &conv, &ours_bn, true, relu).unwrap();
+        let want = x.as_tensor().conv2d(kernel.as_tensor(), pad, stride, 1, 1).unwrap().apply_t(&ref_bn, true).unwrap();
+        let want = if relu { want.relu().unwrap() } else { want };
+        let what = format!("{x_dims:?} -> {cout} k{k} s{stride} p{pad} relu {relu}");
+        assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
+        for name in ["running_mean", "running_var"] {
+            assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-5, &format!("{name} {what}"));
+        }
+
+        let weights = random(&mut r, want.dims());
+        let got = weighted_sum(&ours, &weights).backward().unwrap();
+        let exp = weighted_sum(&want, &weights).backward().unwrap();
+        for (t, name) in [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel")] {
+            assert_close(got.get(t).unwrap(), exp.get(t).unwrap(), 1e-4, &format!("{name} {what}"));
+        }
+        for name in ["weight", "bias"] {
+            let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
+            let (g, e) = (got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap());
+            assert_close(g, e, 1e-4, &format!("d{name} {what}"));
+        }
+    }
+}

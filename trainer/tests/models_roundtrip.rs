@@ -43,10 +43,13 @@ fn save_then_load_gives_identical_outputs_for_every_arch() {
     }
 }
 
+/// A tensor name and its shape.
+type Named<'a> = (&'a str, &'a [usize]);
+
 #[test]
 fn tensor_names_follow_pytorch_state_dicts() {
     let tmp = tempfile::tempdir().unwrap();
-    let expect: [(Arch, &[(&str, &[usize])]); 4] = [
+    let expect: [(Arch, &[Named]); 4] = [
         (Arch::Linear, &[("fc.weight", &[10, 784]), ("fc.bias", &[10])]),
         (Arch::Mlp, &[("fc1.weight", &[512, 784]), ("fc2.weight", &[512, 512]), ("fc3.bias", &[10])]),
         (

@@ -40,7 +40,7 @@ impl Conv2d {
         Conv2d { stride, pad, relu, pool: pool.max(1), tracked, argmax: Mutex::new(Vec::new()) }
     }
 
-    fn geom(&self, x: &Layout, w: &Layout) -> Result<ConvGeom> {
+    pub(super) fn geom(&self, x: &Layout, w: &Layout) -> Result<ConvGeom> {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
         if self.pool > 15 || g.ho < self.pool || g.wo < self.pool {
             candle_core::bail!("{NAME}: pooling window {} does not fit a {}x{} output", self.pool, g.ho, g.wo)
@@ -142,7 +142,14 @@ impl Conv2d {
     }
 
     /// The gradients, from the gradient `dy` of the convolution's own output [N, cout, ho, wo].
-    fn grads_from(&self, g: &ConvGeom, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, dy: &[f32]) -> Result<Grads> {
+    pub(super) fn grads_from(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        dy: &[f32],
+    ) -> Result<Grads> {
         let (need_dx, need_dw) = (x.track_op(), w.track_op());
         let need_db = bias.is_some_and(|b| b.track_op());
         let dx = if need_dx {
@@ -163,10 +170,10 @@ impl Conv2d {
     }
 }
 
-struct Grads {
-    dx: Option<Tensor>,
-    dw: Option<Tensor>,
-    db: Option<Tensor>,
+pub(super) struct Grads {
+    pub dx: Option<Tensor>,
+    pub dw: Option<Tensor>,
+    pub db: Option<Tensor>,
 }
 
 /// The im2col matrix of one sample: the sample itself for a pointwise conv, else `col` filled.

@@ -8,6 +8,7 @@
 
 mod alloc;
 mod conv;
+mod conv_bn;
 mod eltwise;
 mod gemm;
 mod im2col;
@@ -111,10 +112,28 @@ pub fn conv_bn(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, train: bool, relu: boo
         return if relu { y.relu() } else { Ok(y) };
     }
     if train {
-        batch_norm(&conv2d(x, conv.weight(), None, cfg.stride, cfg.padding, false)?, bn, true, relu)
+        conv_bn_train(x, conv.weight(), bn, cfg.stride, cfg.padding, relu)
     } else {
         conv_bn_eval(x, conv.weight(), bn, cfg.stride, cfg.padding, relu)
     }
+}
+
+/// Convolution + training-mode `bn` (+ ReLU) as one op (see `conv_bn.rs`), with the running
+/// statistics updated from the batch; the two-op path where the BatchNorm has no affine
+/// parameters or its running statistics are not variables.
+fn conv_bn_train(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
+    let in_place = bn.running_mean().is_variable() && bn.running_var().is_variable();
+    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| in_place) else {
+        return batch_norm(&conv2d(x, w, None, stride, padding, false)?, bn, true, relu);
+    };
+    let tracked = x.track_op() || w.track_op() || gamma.track_op() || beta.track_op();
+    let op = conv_bn::ConvBnTrain::new(stride, padding, bn.eps(), relu, tracked);
+    let stats = op.stats_handle();
+    let gb = Tensor::cat(&[gamma, beta], 0)?;
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
+    let stats = stats.lock().expect("conv-bn stats").take();
+    update_running_stats(bn, &stats.ok_or_else(|| candle_core::Error::Msg("conv-bn: no batch statistics".into()))?)?;
+    Ok(y)
 }
 
 /// Max-pooling with a k x k window and stride k.

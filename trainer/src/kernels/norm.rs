@@ -30,8 +30,13 @@ fn dims3(dims: &[usize]) -> Result<(usize, usize, usize)> {
 
 impl BatchStats {
     pub fn of(x: &Tensor) -> Result<Self> {
-        let (n, c, hw) = dims3(x.dims())?;
-        with_values(x, NAME, |v| {
+        with_values(x, NAME, |v| Self::of_values(x.dims(), v))
+    }
+
+    /// The statistics of values laid out as `dims` ([N, C, H, W] or [N, C]).
+    pub fn of_values(dims: &[usize], v: &[f32]) -> Result<Self> {
+        let (n, c, hw) = dims3(dims)?;
+        {
             // One pass with shifted sums (shift = the channel's first value, close to its mean),
             // so that E[d²] - E[d]² does not cancel catastrophically.
             let per_channel: Vec<(f64, f64)> = (0..c)
@@ -49,7 +54,7 @@ impl BatchStats {
                 .collect();
             let (mean, var) = per_channel.into_iter().unzip();
             Ok(BatchStats { mean, var, count: n * hw })
-        })
+        }
     }
 }
 
@@ -70,7 +75,7 @@ impl BatchNormTrain {
         }
     }
 
-    fn forward(&self, dims: &[usize], x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, dims: &[usize], x: &[f32], weight: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
         let (_, c, hw) = dims3(dims)?;
         if weight.len() != c || bias.len() != c || self.mean.len() != c {
             bail!("{NAME}: {c} channels, but weight, bias or statistics have another length")
@@ -92,7 +97,14 @@ impl BatchNormTrain {
     }
 
     /// (dx, dweight, dbias) from x, the weight, the output (for the ReLU mask) and its gradient.
-    fn backward(&self, dims: &[usize], x: &[f32], weight: &[f32], res: &[f32], grad: &[f32]) -> Result<[Vec<f32>; 3]> {
+    pub(super) fn backward(
+        &self,
+        dims: &[usize],
+        x: &[f32],
+        weight: &[f32],
+        res: &[f32],
+        grad: &[f32],
+    ) -> Result<[Vec<f32>; 3]> {
         let (n, c, hw) = dims3(dims)?;
         let relu = self.relu;
         // Per channel: Σ dy and Σ dy * (x - mean), dy being the gradient behind the ReLU's mask;

@@ -1,0 +1,98 @@
+//! A bias-free convolution followed by training-mode batch normalization (+ ReLU), as one op.
+//!
+//! Fused for the backward pass more than the forward: candle's autograd materializes every
+//! intermediate gradient as `zeros_like` + `add` (three extra passes over an activation-sized
+//! tensor), so keeping the convolution's output out of the graph saves that for each of a
+//! ResNet's conv-BN pairs. The convolution's output is kept inside the op for the backward pass.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::conv::Conv2d;
+use super::norm::{BatchNormTrain, BatchStats};
+use super::storage::{slice, with_values};
+
+const NAME: &str = "crt-conv-bn";
+
+pub struct ConvBnTrain {
+    conv: Conv2d,
+    eps: f64,
+    relu: bool,
+    saved: Mutex<Option<Saved>>,
+    /// The batch statistics, shared with the caller (candle takes the op itself by value).
+    stats: Arc<Mutex<Option<BatchStats>>>,
+}
+
+/// What the forward pass leaves for the backward pass and the running-statistics update.
+struct Saved {
+    conv_out: Vec<f32>,
+    dims: [usize; 4],
+    norm: BatchNormTrain,
+}
+
+impl ConvBnTrain {
+    pub fn new(stride: usize, pad: usize, eps: f64, relu: bool, tracked: bool) -> Self {
+        let conv = Conv2d::new(stride, pad, false, 1, tracked);
+        ConvBnTrain { conv, eps, relu, saved: Mutex::new(None), stats: Arc::default() }
+    }
+
+    /// Where the forward pass leaves the batch statistics of the convolution's output.
+    pub fn stats_handle(&self) -> Arc<Mutex<Option<BatchStats>>> {
+        self.stats.clone()
+    }
+}
+
+impl CustomOp3 for ConvBnTrain {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// x [N, cin, H, W], w [cout, cin, kh, kw], gb = [gamma; beta] (2 * cout).
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.conv.geom(xl, wl)?;
+        let gb = slice(gs, gl, NAME)?;
+        if gb.len() != 2 * g.cout {
+            candle_core::bail!("{NAME}: {} affine values for {} channels", gb.len(), g.cout)
+        }
+        let conv_out = self.conv.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None);
+        let dims = [g.batch, g.cout, g.ho, g.wo];
+        let stats = BatchStats::of_values(&dims, &conv_out)?;
+        let norm = BatchNormTrain::new(&stats, self.eps, self.relu);
+        let out = norm.forward(&dims, &conv_out, &gb[..g.cout], &gb[g.cout..])?;
+        *self.stats.lock().expect("conv-bn lock") = Some(stats);
+        *self.saved.lock().expect("conv-bn lock") = Some(Saved { conv_out, dims, norm });
+        Ok((CpuStorage::F32(out), Shape::from(dims.to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("conv-bn lock");
+        let Some(s) = saved.as_ref() else { candle_core::bail!("{NAME}: backward pass before the forward pass") };
+        let c = s.dims[1];
+        let [dy, dgamma, dbeta] = with_values(gb, NAME, |gbv| {
+            with_values(res, NAME, |rv| {
+                with_values(grad, NAME, |gv| s.norm.backward(&s.dims, &s.conv_out, &gbv[..c], rv, gv))
+            })
+        })?;
+        let geom = super::im2col::ConvGeom::new(x.dims(), w.dims(), self.conv.stride, self.conv.pad)?;
+        let grads = self.conv.grads_from(&geom, x, w, None, &dy)?;
+        let dgb =
+            gb.track_op().then(|| Tensor::from_vec([dgamma, dbeta].concat(), gb.shape(), gb.device())).transpose()?;
+        Ok((grads.dx, grads.dw, dgb))
+    }
+}
