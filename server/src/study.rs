@@ -286,14 +286,19 @@ pub fn curve_of(summary: &Value) -> Vec<(f64, f64)> {
     points
 }
 
-/// Certified accuracy at `r`: the curve's value at the largest radius ≤ r (the curve is a
-/// non-increasing step function of the radius).
-fn at_radius(points: &[(f64, f64)], r: f64) -> Option<f64> {
-    points.iter().rev().find(|(pr, _)| *pr <= r + 1e-9).map(|p| p.1)
+/// Certified accuracy at `r`: the summary's value at exactly that radius; 0 beyond `max_radius`,
+/// the largest radius these N and α can certify at all (the summary lists radii only up to it);
+/// unknown otherwise (between two listed radii it lies between their values, not at either).
+fn at_radius(points: &[(f64, f64)], max_radius: Option<f64>, r: f64) -> Option<f64> {
+    if let Some(&(_, acc)) = points.iter().find(|(pr, _)| (pr - r).abs() < 1e-9) {
+        return Some(acc);
+    }
+    max_radius.filter(|&m| r > m).map(|_| 0.0)
 }
 
 fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
     let curve = cert.and_then(|c| c.summary.as_ref()).map(curve_of).unwrap_or_default();
+    let max_radius = cert.and_then(|c| metric(c, "max_radius"));
     StudyRow {
         role: model.name.clone(),
         arch: model.arch.clone(),
@@ -307,7 +312,7 @@ fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
         clean_acc: cert.and_then(|c| metric(c, "clean_acc").or_else(|| metric(c, "certified_acc@0"))),
         certified_acc: TABLE_RADII
             .iter()
-            .map(|r| if curve.is_empty() { None } else { at_radius(&curve, *r) })
+            .map(|r| if curve.is_empty() { None } else { at_radius(&curve, max_radius, *r) })
             .collect(),
         acr: cert.and_then(|c| metric(c, "acr")),
         train_wall_time_s: model.wall_time_s,
@@ -402,8 +407,12 @@ mod tests {
         let s = json!({"certified_acc@0": 0.9, "certified_acc@0.5": 0.6, "certified_acc@0.25": 0.8, "acr": 0.4});
         let c = curve_of(&s);
         assert_eq!(c, vec![(0.0, 0.9), (0.25, 0.8), (0.5, 0.6)]);
-        assert_eq!(at_radius(&c, 0.25), Some(0.8));
-        assert_eq!(at_radius(&c, 0.75), Some(0.6));
+        assert_eq!(at_radius(&c, Some(0.6), 0.25), Some(0.8));
+        assert_eq!(at_radius(&c, Some(0.6), 0.5), Some(0.6));
+        // Beyond the largest certifiable radius nothing is certified; off the grid it is unknown.
+        assert_eq!(at_radius(&c, Some(0.6), 0.75), Some(0.0));
+        assert_eq!(at_radius(&c, Some(0.6), 0.3), None);
+        assert_eq!(at_radius(&c, None, 0.75), None);
         assert_eq!(cell("a,b"), "\"a,b\"");
     }
 

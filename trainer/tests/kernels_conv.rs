@@ -9,8 +9,10 @@ use crt_trainer::kernels;
 use kernels_common::{assert_close, random, rng, var, weighted_sum};
 
 /// (input [N, C, H, W], kernel [O, C, K, K], stride, padding)
-const CASES: [([usize; 4], [usize; 4], usize, usize); 8] = [
+const CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
     ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),   // LeNet conv1
+    ([2, 16, 8, 8], [16, 16, 3, 3], 1, 1),   // ResNet block conv (input gradient as a conv)
+    ([2, 3, 7, 9], [4, 3, 5, 5], 1, 2),      // 5x5 'same', non-square
     ([3, 20, 12, 12], [50, 20, 5, 5], 1, 0), // LeNet conv2
     ([2, 3, 32, 32], [16, 3, 3, 3], 1, 1),   // ResNet stem
     ([2, 16, 16, 16], [32, 16, 3, 3], 2, 1), // ResNet stage change

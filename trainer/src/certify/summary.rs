@@ -74,7 +74,8 @@ impl CertifySummary {
     }
 
     /// The final metrics of the `finished` event: `certified_acc@R` for every radius of the curve,
-    /// `acr`, `clean_acc`, `images` and `abstained`.
+    /// `acr`, `clean_acc`, `images`, `abstained` and `max_radius` (the largest radius these N and
+    /// α can certify: certified accuracy beyond it is 0).
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         let mut m: BTreeMap<String, f64> = self
             .certified_accuracy
@@ -85,6 +86,7 @@ impl CertifySummary {
         m.insert("clean_acc".into(), self.clean_acc);
         m.insert("images".into(), self.images as f64);
         m.insert("abstained".into(), self.abstained as f64);
+        m.insert("max_radius".into(), self.max_radius);
         m
     }
 }

@@ -206,8 +206,12 @@ pub fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
     with_values(grad, NAME, |g| with_values(res, NAME, |r| Ok(relu_masked(g, r))))
 }
 
-/// dX = col2im(Wᵀ · dY), sample by sample.
+/// dX = col2im(Wᵀ · dY), sample by sample; for stride-1 "same" convolutions (the bulk of a
+/// ResNet) the equivalent forward convolution of dY instead (see [`same_input_grad`]).
 pub fn input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    if g.stride == 1 && g.kh == g.kw && 2 * g.pad + 1 == g.kh && !g.is_pointwise() {
+        return same_input_grad(g, w, dy);
+    }
     let mut dx = vec![0f32; g.batch * g.in_len()];
     let kernel_t = View::row_major(w, g.cout, g.patch()).t();
     let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
@@ -223,6 +227,26 @@ pub fn input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     });
     dx
+}
+
+/// The input gradient of a stride-1 convolution with "same" padding ((k - 1) / 2) is itself such a
+/// convolution: dX = conv(dY, W'), W'[c, o, i, j] = W[o, c, k-1-i, k-1-j]. As a forward pass it
+/// multiplies by im2col(dY) with an inner dimension of cout·k² instead of writing a cin·k² x
+/// pixels matrix from an inner dimension of cout and scattering it back with col2im: measured
+/// ~5% of a ResNet-20 training step on 2 cores.
+fn same_input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let kk = g.kh * g.kw;
+    let mut flipped = vec![0f32; w.len()];
+    for o in 0..g.cout {
+        for c in 0..g.cin {
+            let src = &w[(o * g.cin + c) * kk..][..kk];
+            let dst = &mut flipped[(c * g.cout + o) * kk..][..kk];
+            // Reversing the k x k block flips both axes.
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &v)| *d = v);
+        }
+    }
+    let gt = ConvGeom { cin: g.cout, cout: g.cin, h: g.ho, w: g.wo, ho: g.h, wo: g.w, ..*g };
+    Conv2d::new(1, g.pad, false, 1, false).forward(&gt, dy, &flipped, None)
 }
 
 /// (dW, db): per-thread sums over contiguous runs of samples, added together at the end.
