@@ -5,4 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/assets.sh
 cargo build --release -p crt-trainer -p crt-server
-exec target/release/crt-server "$@"
+# GPU runs use the CUDA trainer when one was built (scripts/cuda-build.sh) and this machine has GPUs.
+extra=()
+if [ -x target-cuda/release/crt-trainer ] && command -v nvidia-smi >/dev/null 2>&1; then
+  extra+=(--trainer-cuda-bin target-cuda/release/crt-trainer)
+fi
+exec target/release/crt-server "${extra[@]}" "$@"

@@ -22,7 +22,15 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {s}: this crt-trainer was built without CUDA; rebuild with `--features cuda` (see README) or use --device cpu");
             }
-            Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {s}: no usable CUDA GPU {ordinal}: {e}"))
+            Device::new_cuda(ordinal).map_err(|e| {
+                // candle appends a backtrace to the error when RUST_BACKTRACE is set: keep the reason.
+                let reason = e.to_string();
+                let reason = reason.lines().next().unwrap_or_default();
+                anyhow::anyhow!(
+                    "--device {s}: no usable CUDA GPU {ordinal} ({reason}); check that the NVIDIA driver is \
+                     installed and `nvidia-smi` lists the GPU, or use --device cpu"
+                )
+            })
         }
         other => bail!("--device {other}: expected cpu, cuda, cuda:N or auto"),
     }
