@@ -198,11 +198,19 @@ mod tests {
         assert!(bad[4].to_string().starts_with("line 6:"), "{}", bad[4]);
     }
 
+    /// Written by a child process, so that no write descriptor of this (multi-threaded, forking)
+    /// test process can leak into another test's child and make running it fail with ETXTBSY.
     fn script(dir: &Path, body: &str) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write;
         let path = dir.join("nvidia-smi");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", "sh"])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writer.stdin.take().unwrap().write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
+        assert!(writer.wait().unwrap().success());
         path
     }
 

@@ -176,9 +176,15 @@ mod tests {
         let runs = tempfile::tempdir().unwrap();
         let config = config_path(&runs.path().join("7"));
         // Any process whose arguments name a run's config file counts (here a shell).
+        // A compound command, so that the shell cannot exec `sleep` in its own place.
         let mut child =
-            Command::new("sh").args(["-c", "sleep 30", "sh"]).arg(&config).process_group(0).spawn().unwrap();
+            Command::new("sh").args(["-c", "sleep 30; true", "sh"]).arg(&config).process_group(0).spawn().unwrap();
         let pid = child.id().unwrap() as i32;
+        // Until the child has exec'd the shell, its command line is still this test's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while trainers_under(runs.path()).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(trainers_under(runs.path()), vec![(pid, pid)]);
         assert!(is_run_trainer(pid, pid, &runs.path().join("7")));
         assert!(!is_run_trainer(pid, pid, &runs.path().join("8")), "another run's trainer");
