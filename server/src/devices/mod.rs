@@ -106,16 +106,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_query_keeps_the_last_gpus() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let fail = dir.path().join("fail");
         let program = dir.path().join("nvidia-smi");
         let body = format!(
-            "#!/bin/sh\n[ -e {} ] && {{ echo 'driver gone'; exit 1; }}\necho '0, GPU A, GPU-a, 5, 1, 100'\necho junk\n",
+            "[ -e {} ] && {{ echo 'driver gone'; exit 1; }}\necho '0, GPU A, GPU-a, 5, 1, 100'\necho junk",
             fail.display()
         );
-        std::fs::write(&program, body).unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        smi::write_script(&program, &body);
 
         let monitor = GpuMonitor::detect(program).await;
         let snap = monitor.snapshot();

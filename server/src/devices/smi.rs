@@ -132,6 +132,22 @@ fn number<T: std::str::FromStr>(what: &str, field: &str) -> Result<Option<T>, St
     field.parse::<T>().map(Some).map_err(|_| format!("{what} {field:?} is not a number"))
 }
 
+/// Writes an executable `#!/bin/sh` script for tests, through a child process: a write descriptor
+/// held by the (multi-threaded, forking) test process could leak into another test's child
+/// between fork and exec, and running the script would then fail with ETXTBSY.
+#[cfg(test)]
+pub(crate) fn write_script(path: &Path, body: &str) {
+    use std::io::Write;
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    writer.stdin.take().expect("stdin").write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).expect("write");
+    assert!(writer.wait().expect("wait").success(), "cannot write {}", path.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,19 +214,9 @@ mod tests {
         assert!(bad[4].to_string().starts_with("line 6:"), "{}", bad[4]);
     }
 
-    /// Written by a child process, so that no write descriptor of this (multi-threaded, forking)
-    /// test process can leak into another test's child and make running it fail with ETXTBSY.
     fn script(dir: &Path, body: &str) -> std::path::PathBuf {
-        use std::io::Write;
         let path = dir.join("nvidia-smi");
-        let mut writer = std::process::Command::new("sh")
-            .args(["-c", "cat > \"$1.tmp\" && chmod 755 \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", "sh"])
-            .arg(&path)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        writer.stdin.take().unwrap().write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
-        assert!(writer.wait().unwrap().success());
+        write_script(&path, body);
         path
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::conv::Conv2d;
+use super::im2col::ConvGeom;
 use super::norm::{BatchNormTrain, BatchStats};
 use super::storage::{slice, with_values};
 
@@ -26,9 +27,14 @@ pub struct ConvBnTrain {
 
 /// What the forward pass leaves for the backward pass and the running-statistics update.
 struct Saved {
+    geom: ConvGeom,
     conv_out: Vec<f32>,
-    dims: [usize; 4],
     norm: BatchNormTrain,
+}
+
+/// The convolution's output shape [N, cout, ho, wo].
+fn out_dims(g: &ConvGeom) -> [usize; 4] {
+    [g.batch, g.cout, g.ho, g.wo]
 }
 
 impl ConvBnTrain {
@@ -64,12 +70,12 @@ impl CustomOp3 for ConvBnTrain {
             candle_core::bail!("{NAME}: {} affine values for {} channels", gb.len(), g.cout)
         }
         let conv_out = self.conv.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None);
-        let dims = [g.batch, g.cout, g.ho, g.wo];
+        let dims = out_dims(&g);
         let stats = BatchStats::of_values(&dims, &conv_out)?;
         let norm = BatchNormTrain::new(&stats, self.eps, self.relu);
         let out = norm.forward(&dims, &conv_out, &gb[..g.cout], &gb[g.cout..])?;
         *self.stats.lock().expect("conv-bn lock") = Some(stats);
-        *self.saved.lock().expect("conv-bn lock") = Some(Saved { conv_out, dims, norm });
+        *self.saved.lock().expect("conv-bn lock") = Some(Saved { geom: g, conv_out, norm });
         Ok((CpuStorage::F32(out), Shape::from(dims.to_vec())))
     }
 
@@ -83,14 +89,13 @@ impl CustomOp3 for ConvBnTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().expect("conv-bn lock");
         let Some(s) = saved.as_ref() else { candle_core::bail!("{NAME}: backward pass before the forward pass") };
-        let c = s.dims[1];
+        let (dims, c) = (out_dims(&s.geom), s.geom.cout);
         let [dy, dgamma, dbeta] = with_values(gb, NAME, |gbv| {
             with_values(res, NAME, |rv| {
-                with_values(grad, NAME, |gv| s.norm.backward(&s.dims, &s.conv_out, &gbv[..c], rv, gv))
+                with_values(grad, NAME, |gv| s.norm.backward(&dims, &s.conv_out, &gbv[..c], rv, gv))
             })
         })?;
-        let geom = super::im2col::ConvGeom::new(x.dims(), w.dims(), self.conv.stride, self.conv.pad)?;
-        let grads = self.conv.grads_from(&geom, x, w, None, &dy)?;
+        let grads = self.conv.grads_from(&s.geom, x, w, None, &dy)?;
         let dgb =
             gb.track_op().then(|| Tensor::from_vec([dgamma, dbeta].concat(), gb.shape(), gb.device())).transpose()?;
         Ok((grads.dx, grads.dw, dgb))

@@ -122,8 +122,7 @@ pub fn conv_bn(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, train: bool, relu: boo
 /// statistics updated from the batch; the two-op path where the BatchNorm has no affine
 /// parameters or its running statistics are not variables.
 fn conv_bn_train(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding: usize, relu: bool) -> Result<Tensor> {
-    let in_place = bn.running_mean().is_variable() && bn.running_var().is_variable();
-    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| in_place) else {
+    let Some((gamma, beta)) = trainable_affine(bn) else {
         return batch_norm(&conv2d(x, w, None, stride, padding, false)?, bn, true, relu);
     };
     let tracked = x.track_op() || w.track_op() || gamma.track_op() || beta.track_op();
@@ -165,18 +164,22 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `bn` applied to x (batch statistics and a running-statistics update when `train`, the running
 /// statistics otherwise), then ReLU when `relu`. Matches `x.apply_t(bn, train)` of candle_nn.
 pub fn batch_norm(x: &Tensor, bn: &BatchNorm, train: bool, relu: bool) -> Result<Tensor> {
-    let affine = bn.weight_and_bias();
-    // The running statistics are updated in place, which needs them to be variables.
-    let in_place = bn.running_mean().is_variable() && bn.running_var().is_variable();
-    if !fast(x) || !train || affine.is_none() || !in_place {
+    let affine = trainable_affine(bn).filter(|_| fast(x) && train);
+    let Some((weight, bias)) = affine else {
         let y = x.apply_t(bn, train)?;
         return if relu { y.relu() } else { Ok(y) };
-    }
-    let (weight, bias) = affine.expect("checked above");
+    };
     let stats = BatchStats::of(x)?;
     update_running_stats(bn, &stats)?;
     let op = norm::BatchNormTrain::new(&stats, bn.eps(), relu);
     x.contiguous()?.apply_op3(weight, bias, op)
+}
+
+/// The affine parameters of a BatchNorm whose training the custom ops can take over: it has
+/// them, and its running statistics are variables (they are updated in place).
+fn trainable_affine(bn: &BatchNorm) -> Option<(&Tensor, &Tensor)> {
+    let in_place = bn.running_mean().is_variable() && bn.running_var().is_variable();
+    bn.weight_and_bias().filter(|_| in_place)
 }
 
 /// PyTorch's update: running = (1 - momentum) running + momentum batch, with the unbiased
