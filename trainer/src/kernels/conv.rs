@@ -7,6 +7,7 @@
 //! where dY is the output gradient with the ReLU's mask applied (and, after pooling, routed back to
 //! each window's maximum, whose position the forward pass records).
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -17,7 +18,7 @@ use super::gemm::{matmul, View};
 use super::im2col::{col2im_add, im2col, ConvGeom};
 use super::pool::{pool_plane, unpool_plane};
 use super::scratch::with_buffers;
-use super::storage::{slice, with_values};
+use super::storage::{par_chunks_zeroed, slice, with_values, zeroed};
 
 const NAME: &str = "crt-conv2d";
 
@@ -56,9 +57,7 @@ impl Conv2d {
     /// The output of input x [N, cin, h, w] and kernel w [cout, cin, kh, kw].
     pub fn forward(&self, g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let out_len = self.pooled_len(g);
-        let mut out = vec![0f32; g.batch * out_len];
         let record = self.tracked && self.pool > 1;
-        let mut argmax = vec![0u8; if record { out.len() } else { 0 }];
         let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
         let full_len = if self.pool > 1 { g.out_len() } else { 0 };
         let sample = |s: usize, o: &mut [f32], am: Option<&mut [u8]>| {
@@ -67,13 +66,15 @@ impl Conv2d {
             });
         };
         if record {
+            let mut out = vec![0f32; g.batch * out_len];
+            let mut argmax = vec![0u8; out.len()];
             let chunks = out.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len));
             chunks.enumerate().for_each(|(s, (o, am))| sample(s, o, Some(am)));
             *self.argmax.lock().expect("argmax lock") = argmax;
+            out
         } else {
-            out.par_chunks_mut(out_len).enumerate().for_each(|(s, o)| sample(s, o, None));
+            par_chunks_zeroed(g.batch * out_len, out_len, |s, o| sample(s, o, None))
         }
-        out
     }
 
     /// One sample: gemm into the output (or a scratch plane set when pooling), bias and ReLU,
@@ -106,65 +107,67 @@ impl Conv2d {
         }
     }
 
-    /// The gradient of the convolution's own output [N, cout, ho, wo]: the pooled gradient routed
-    /// to the recorded maxima, behind the ReLU's mask (a pooled value > 0 iff its maximum was).
-    fn unpooled_grad(&self, g: &ConvGeom, grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
-        // Kept (not taken) in case the same graph is differentiated twice.
-        let argmax = self.argmax.lock().expect("argmax lock");
-        if argmax.is_empty() {
-            candle_core::bail!("{NAME}: backward pass without recorded maxima (the input was not tracked)")
-        }
-        let (k, wo_p) = (self.pool, g.wo / self.pool);
-        let plane = (g.ho / k) * wo_p;
-        let mut dy = vec![0f32; g.batch * g.out_len()];
-        with_values(grad, NAME, |gv| {
-            with_values(res, NAME, |rv| {
-                let pooled = gv.par_chunks(plane).zip(rv.par_chunks(plane)).zip(argmax[..].par_chunks(plane));
-                dy.par_chunks_mut(g.pixels()).zip(pooled).for_each(|(d, ((gp, rp), ap))| {
-                    unpool_plane(k, g.wo, gp, ap, wo_p, d, |j| !self.relu || rp[j] > 0.0);
-                });
-                Ok(())
-            })
-        })?;
-        Ok(dy)
-    }
-
-    /// Gradients of x, w and the bias, each only when asked for.
+    /// Gradients of x, w and the bias, each only when asked for. Each sample's gradient of the
+    /// convolution's own output is made where it is used (see [`backward_by_sample`]): behind the
+    /// ReLU's mask, and after pooling routed to each window's recorded maximum (a pooled value is
+    /// > 0 iff its maximum was).
     fn backward(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, res: &Tensor, grad: &Tensor) -> Result<Grads> {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        if self.pool > 1 {
-            self.grads_from(&g, x, w, bias, &self.unpooled_grad(&g, grad, res)?)
-        } else if self.relu {
-            self.grads_from(&g, x, w, bias, &relu_mask(grad, res)?)
-        } else {
-            with_values(grad, NAME, |dy| self.grads_from(&g, x, w, bias, dy))
-        }
+        let relu = self.relu;
+        with_values(grad, NAME, |gv| {
+            with_values(res, NAME, |rv| {
+                if self.pool > 1 {
+                    // Kept (not taken) in case the same graph is differentiated twice.
+                    let argmax = self.argmax.lock().expect("argmax lock");
+                    if argmax.is_empty() {
+                        candle_core::bail!("{NAME}: backward pass without recorded maxima (the input was not tracked)")
+                    }
+                    let (k, wo_p) = (self.pool, g.wo / self.pool);
+                    let plane = (g.ho / k) * wo_p;
+                    self.grads_by_sample(&g, x, w, bias, |s, dy| {
+                        dy.fill(0.0);
+                        for c in 0..g.cout {
+                            let at = (s * g.cout + c) * plane..(s * g.cout + c + 1) * plane;
+                            let (gp, rp) = (&gv[at.clone()], &rv[at.clone()]);
+                            let d = &mut dy[c * g.pixels()..][..g.pixels()];
+                            unpool_plane(k, g.wo, gp, &argmax[at], wo_p, d, |j| !relu || rp[j] > 0.0);
+                        }
+                    })
+                } else {
+                    let at = |s: usize| s * g.out_len()..(s + 1) * g.out_len();
+                    self.grads_by_sample(&g, x, w, bias, |s, dy| {
+                        let (gs, rs) = (&gv[at(s)], &rv[at(s)]);
+                        for ((d, &gr), &r) in dy.iter_mut().zip(gs).zip(rs) {
+                            *d = if relu && r <= 0.0 { 0.0 } else { gr };
+                        }
+                    })
+                }
+            })
+        })
     }
 
-    /// The gradients, from the gradient `dy` of the convolution's own output [N, cout, ho, wo].
-    pub(super) fn grads_from(
+    /// The gradients from per-sample output gradients: `dy_of(s, dy)` writes every value of
+    /// sample `s`'s gradient of the convolution's own output [cout, ho, wo] into `dy`.
+    pub(super) fn grads_by_sample(
         &self,
         g: &ConvGeom,
         x: &Tensor,
         w: &Tensor,
         bias: Option<&Tensor>,
-        dy: &[f32],
+        dy_of: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Result<Grads> {
         let (need_dx, need_dw) = (x.track_op(), w.track_op());
         let need_db = bias.is_some_and(|b| b.track_op());
-        let dx = if need_dx {
-            let dx = with_values(w, NAME, |w| Ok(input_grad(g, w, dy)))?;
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
-        };
-        let (dw, db) = if need_dw || need_db {
-            let (dw, db) = with_values(x, NAME, |x| Ok(param_grads(g, x, dy)))?;
-            let dw = need_dw.then(|| Tensor::from_vec(dw, w.shape(), w.device())).transpose()?;
-            let db = need_db.then(|| Tensor::from_vec(db, g.cout, w.device())).transpose()?;
-            (dw, db)
-        } else {
-            (None, None)
+        let (dx, params) = with_values(x, NAME, |xv| {
+            with_values(w, NAME, |wv| Ok(backward_by_sample(g, xv, wv, need_dx, need_dw || need_db, dy_of)))
+        })?;
+        let dx = dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
+        let (dw, db) = match params {
+            Some((dw, db)) => (
+                need_dw.then(|| Tensor::from_vec(dw, w.shape(), w.device())).transpose()?,
+                need_db.then(|| Tensor::from_vec(db, g.cout, w.device())).transpose()?,
+            ),
+            None => (None, None),
         };
         Ok(Grads { dx, dw, db })
     }
@@ -206,35 +209,87 @@ pub fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
     with_values(grad, NAME, |g| with_values(res, NAME, |r| Ok(relu_masked(g, r))))
 }
 
-/// dX = col2im(Wᵀ · dY), sample by sample; for stride-1 "same" convolutions (the bulk of a
-/// ResNet) the equivalent forward convolution of dY instead (see [`same_input_grad`]).
-pub fn input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
-    if g.stride == 1 && g.kh == g.kw && 2 * g.pad + 1 == g.kh && !g.is_pointwise() {
-        return same_input_grad(g, w, dy);
-    }
-    let mut dx = vec![0f32; g.batch * g.in_len()];
-    let kernel_t = View::row_major(w, g.cout, g.patch()).t();
-    let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
-    dx.par_chunks_mut(g.in_len()).zip(dy.par_chunks(g.out_len())).for_each(|(dxs, dys)| {
-        let dys = View::row_major(dys, g.cout, g.pixels());
-        if g.is_pointwise() {
-            matmul(dxs, kernel_t, dys, false);
-        } else {
-            with_buffers(col_len, 0, |col, _| {
-                matmul(col, kernel_t, dys, false);
-                col2im_add(g, col, dxs);
-            });
-        }
+/// dW (or per-thread sums of dWᵀ [patch, cout]) and db [cout].
+type ParamSums = (Vec<f32>, Vec<f32>);
+
+/// dX (when `need_dx`) and (dW, db) (when `need_params`), sample by sample: each sample's output
+/// gradient is made by `dy_of` into a scratch buffer and used at once, while it is in cache, for
+///   input:  dX_s = col2im(Wᵀ · dY_s)   (a forward convolution for stride-1 "same" convolutions)
+///   weight: dWᵀ += im2col(X_s) · dY_sᵀ, db += Σ_pixels dY_s
+/// so no activation-sized gradient is written or read back between the steps. Samples go to the
+/// cores by work stealing; each worker sums its own dW and db, added together at the end.
+fn backward_by_sample(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    need_dx: bool,
+    need_params: bool,
+    dy_of: impl Fn(usize, &mut [f32]) + Sync,
+) -> (Option<Vec<f32>>, Option<ParamSums>) {
+    let flipped = (need_dx && is_same_conv(g)).then(|| flipped_kernel(g, w));
+    let dx_len = if need_dx { g.batch * g.in_len() } else { 0 };
+    let mut dx = Vec::with_capacity(dx_len);
+    let parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if need_dx {
+        dx.spare_capacity_mut()[..dx_len].chunks_mut(g.in_len()).map(Some).collect()
+    } else {
+        (0..g.batch).map(|_| None).collect()
+    };
+    let col_len = if g.is_pointwise() { 0 } else { g.patch().max(g.cout * g.kh * g.kw) * g.pixels().max(g.h * g.w) };
+    let (dw_len, cout) = (g.cout * g.patch(), g.cout);
+    let sums = parts
+        .into_par_iter()
+        .enumerate()
+        .fold(
+            || None,
+            |mut sums: Option<ParamSums>, (s, dx_part)| {
+                with_buffers(col_len, g.out_len(), |col, dy| {
+                    dy_of(s, dy);
+                    if let Some(part) = dx_part {
+                        sample_input_grad(g, w, flipped.as_deref(), dy, zeroed(part), col);
+                    }
+                    if need_params {
+                        let (dw_t, db) = sums.get_or_insert_with(|| (vec![0f32; dw_len], vec![0f32; cout]));
+                        sample_param_grads(g, &x[s * g.in_len()..][..g.in_len()], dy, (dw_t, db), col);
+                    }
+                });
+                sums
+            },
+        )
+        .reduce(
+            || None,
+            |a, b| match (a, b) {
+                (Some((mut dw, mut db)), Some((dw2, db2))) => {
+                    dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+                    db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+                    Some((dw, db))
+                }
+                (a, None) => a,
+                (None, b) => b,
+            },
+        );
+    let dx = need_dx.then(|| {
+        // SAFETY: every sample's part of the first `dx_len` elements was zeroed and written in the
+        // parallel loop above (a panic there propagates before this line).
+        unsafe { dx.set_len(dx_len) };
+        dx
     });
-    dx
+    let params = need_params.then(|| {
+        let (dw_t, db) = sums.unwrap_or_else(|| (vec![0f32; dw_len], vec![0f32; cout]));
+        // [patch, cout] -> [cout, patch]
+        let dw = (0..dw_len).map(|i| dw_t[(i % g.patch()) * g.cout + i / g.patch()]).collect();
+        (dw, db)
+    });
+    (dx, params)
 }
 
-/// The input gradient of a stride-1 convolution with "same" padding ((k - 1) / 2) is itself such a
-/// convolution: dX = conv(dY, W'), W'[c, o, i, j] = W[o, c, k-1-i, k-1-j]. As a forward pass it
-/// multiplies by im2col(dY) with an inner dimension of cout·k² instead of writing a cin·k² x
-/// pixels matrix from an inner dimension of cout and scattering it back with col2im: measured
-/// ~5% of a ResNet-20 training step on 2 cores.
-fn same_input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+/// Stride 1, a square odd kernel and "same" padding ((k - 1) / 2), not pointwise.
+fn is_same_conv(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.kh == g.kw && 2 * g.pad + 1 == g.kh && !g.is_pointwise()
+}
+
+/// W'[c, o, i, j] = W[o, c, k-1-i, k-1-j]: the kernel of the input gradient of a "same"
+/// convolution as a forward convolution (see [`sample_input_grad`]).
+fn flipped_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     let kk = g.kh * g.kw;
     let mut flipped = vec![0f32; w.len()];
     for o in 0..g.cout {
@@ -245,43 +300,39 @@ fn same_input_grad(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
             dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &v)| *d = v);
         }
     }
-    let gt = ConvGeom { cin: g.cout, cout: g.cin, h: g.ho, w: g.wo, ho: g.h, wo: g.w, ..*g };
-    Conv2d::new(1, g.pad, false, 1, false).forward(&gt, dy, &flipped, None)
+    flipped
 }
 
-/// (dW, db): per-thread sums over contiguous runs of samples, added together at the end.
-pub fn param_grads(g: &ConvGeom, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (dw_len, col_len) = (g.cout * g.patch(), if g.is_pointwise() { 0 } else { g.patch() * g.pixels() });
-    let runs = rayon::current_num_threads().clamp(1, g.batch.max(1));
-    let per_run = g.batch.div_ceil(runs);
-    let partial = |run: usize| {
-        let (mut dw_t, mut db) = (vec![0f32; dw_len], vec![0f32; g.cout]);
-        with_buffers(col_len, 0, |col, _| {
-            for s in (run * per_run)..((run + 1) * per_run).min(g.batch) {
-                let dys = &dy[s * g.out_len()..][..g.out_len()];
-                let col = patches(g, &x[s * g.in_len()..][..g.in_len()], col);
-                // dWᵀ += col · dYᵀ: measured 1.2-2.9x faster in gemm than dW += dY · colᵀ for these
-                // shapes (a long inner dimension against a small output).
-                let dy_t = View::row_major(dys, g.cout, g.pixels()).t();
-                matmul(&mut dw_t, View::row_major(col, g.patch(), g.pixels()), dy_t, true);
-                for (acc, plane) in db.iter_mut().zip(dys.chunks_exact(g.pixels())) {
-                    *acc += plane.iter().sum::<f32>();
-                }
-            }
-        });
-        (dw_t, db)
-    };
-    let (dw_t, db) = (0..runs).into_par_iter().map(partial).reduce(
-        || (vec![0f32; dw_len], vec![0f32; g.cout]),
-        |(mut dw, mut db), (dw2, db2)| {
-            dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-            (dw, db)
-        },
-    );
-    // [patch, cout] -> [cout, patch]
-    let dw = (0..dw_len).map(|i| dw_t[(i % g.patch()) * g.cout + i / g.patch()]).collect();
-    (dw, db)
+/// One sample's input gradient into `dx` (zeroed). The input gradient of a stride-1 convolution
+/// with "same" padding is itself such a convolution, dX = conv(dY, W') with the `flipped` kernel:
+/// as a forward pass it multiplies by im2col(dY) with an inner dimension of cout·k² instead of
+/// writing a cin·k² x pixels matrix from an inner dimension of cout and scattering it back with
+/// col2im (measured ~5% of a ResNet-20 training step on 2 cores).
+fn sample_input_grad(g: &ConvGeom, w: &[f32], flipped: Option<&[f32]>, dy: &[f32], dx: &mut [f32], col: &mut [f32]) {
+    let dy_view = View::row_major(dy, g.cout, g.pixels());
+    if let Some(flipped) = flipped {
+        let gt = ConvGeom { batch: 1, cin: g.cout, cout: g.cin, h: g.ho, w: g.wo, ho: g.h, wo: g.w, ..*g };
+        let conv = Conv2d::new(1, g.pad, false, 1, false);
+        conv.sample_forward(&gt, dy, flipped, None, (col, &mut [][..]), dx, None);
+    } else if g.is_pointwise() {
+        matmul(dx, View::row_major(w, g.cout, g.patch()).t(), dy_view, false);
+    } else {
+        let col = &mut col[..g.patch() * g.pixels()];
+        matmul(col, View::row_major(w, g.cout, g.patch()).t(), dy_view, false);
+        col2im_add(g, col, dx);
+    }
+}
+
+/// Adds one sample's share of dWᵀ and db.
+fn sample_param_grads(g: &ConvGeom, xs: &[f32], dy: &[f32], (dw_t, db): (&mut [f32], &mut [f32]), col: &mut [f32]) {
+    let col = patches(g, xs, &mut col[..if g.is_pointwise() { 0 } else { g.patch() * g.pixels() }]);
+    // dWᵀ += col · dYᵀ: measured 1.2-2.9x faster in gemm than dW += dY · colᵀ for these shapes
+    // (a long inner dimension against a small output).
+    let dy_t = View::row_major(dy, g.cout, g.pixels()).t();
+    matmul(dw_t, View::row_major(col, g.patch(), g.pixels()), dy_t, true);
+    for (acc, plane) in db.iter_mut().zip(dy.chunks_exact(g.pixels())) {
+        *acc += plane.iter().sum::<f32>();
+    }
 }
 
 impl Conv2d {

@@ -105,10 +105,31 @@ impl BatchNormTrain {
         res: &[f32],
         grad: &[f32],
     ) -> Result<[Vec<f32>; 3]> {
+        let (_, c, hw) = dims3(dims)?;
+        let coeffs = self.grad_coeffs(dims, x, weight, res, grad)?;
+        let dx = par_planes(x.len(), hw, |p| {
+            let plane = p * hw..(p + 1) * hw;
+            coeffs.plane_values(p % c, &grad[plane.clone()], &res[plane.clone()], &x[plane])
+        });
+        Ok([dx, coeffs.dweight, coeffs.dbias])
+    }
+
+    /// The backward pass's first pass: per channel Σ dy and Σ dy * (x - mean), dy being the
+    /// gradient behind the ReLU's mask (plane sums in f32 lanes, added in f64), and from them the
+    /// coefficients of dx.
+    pub(super) fn grad_coeffs(
+        &self,
+        dims: &[usize],
+        x: &[f32],
+        weight: &[f32],
+        res: &[f32],
+        grad: &[f32],
+    ) -> Result<BnGrad> {
         let (n, c, hw) = dims3(dims)?;
+        if weight.len() != c || [x.len(), res.len(), grad.len()].iter().any(|&l| l != n * c * hw) {
+            bail!("{NAME}: backward pass got values of the wrong length for {dims:?}")
+        }
         let relu = self.relu;
-        // Per channel: Σ dy and Σ dy * (x - mean), dy being the gradient behind the ReLU's mask;
-        // plane sums in f32 lanes, added in f64.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -121,23 +142,59 @@ impl BatchNormTrain {
             })
             .collect();
         let count = (n * hw) as f64;
-        let (mean, inv_std) = (&self.mean, &self.inv_std);
-        let xhat_sums: Vec<f64> = sums.iter().zip(inv_std).map(|(s, &i)| s.1 * i as f64).collect();
-        let dx = par_planes(x.len(), hw, |p| {
-            let ch = p % c;
-            let (m, i) = (mean[ch], inv_std[ch]);
-            let mean_dy = (sums[ch].0 / count) as f32;
-            let mean_dy_xhat = (xhat_sums[ch] / count) as f32;
-            let k = weight[ch] * i;
-            let plane = p * hw..(p + 1) * hw;
-            grad[plane.clone()].iter().zip(&res[plane.clone()]).zip(&x[plane]).map(move |((&g, &r), &x)| {
-                let d = if relu && r <= 0.0 { 0.0 } else { g };
-                k * (d - mean_dy - (x - m) * i * mean_dy_xhat)
+        let xhat_sums: Vec<f64> = sums.iter().zip(&self.inv_std).map(|(s, &i)| s.1 * i as f64).collect();
+        let channels = (0..c)
+            .map(|ch| {
+                let i = self.inv_std[ch];
+                ChannelGrad {
+                    mean: self.mean[ch],
+                    scale: weight[ch] * i,
+                    mean_dy: (sums[ch].0 / count) as f32,
+                    xhat_coeff: i * (xhat_sums[ch] / count) as f32,
+                }
             })
-        });
-        let dweight = xhat_sums.iter().map(|&v| v as f32).collect();
-        let dbias = sums.iter().map(|s| s.0 as f32).collect();
-        Ok([dx, dweight, dbias])
+            .collect();
+        Ok(BnGrad {
+            channels,
+            relu,
+            dweight: xhat_sums.iter().map(|&v| v as f32).collect(),
+            dbias: sums.iter().map(|s| s.0 as f32).collect(),
+        })
+    }
+}
+
+/// What the backward pass needs per channel: dx = scale * (dy - mean_dy - (x - mean) * xhat_coeff).
+#[derive(Debug, Clone, Copy)]
+struct ChannelGrad {
+    mean: f32,
+    scale: f32,
+    mean_dy: f32,
+    xhat_coeff: f32,
+}
+
+/// The result of the backward pass's first pass: dx per element, and the parameter gradients.
+pub struct BnGrad {
+    channels: Vec<ChannelGrad>,
+    relu: bool,
+    pub dweight: Vec<f32>,
+    pub dbias: Vec<f32>,
+}
+
+impl BnGrad {
+    /// dx over one plane of channel `ch`, from the output gradient, the output (for the ReLU's
+    /// mask) and the input.
+    pub fn plane_values<'a>(
+        &self,
+        ch: usize,
+        grad: &'a [f32],
+        res: &'a [f32],
+        x: &'a [f32],
+    ) -> impl Iterator<Item = f32> + 'a {
+        let (k, relu) = (self.channels[ch], self.relu);
+        grad.iter().zip(res).zip(x).map(move |((&g, &r), &x)| {
+            let d = if relu && r <= 0.0 { 0.0 } else { g };
+            k.scale * (d - k.mean_dy - (x - k.mean) * k.xhat_coeff)
+        })
     }
 }
 

@@ -1,5 +1,7 @@
 //! Borrowing a tensor's f32 values on the CPU, for the kernels' forward and backward passes.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -38,6 +40,30 @@ pub fn par_planes<I: Iterator<Item = f32>>(len: usize, plane: usize, values: imp
     out
 }
 
+/// Zeroes uninitialized values and hands them out as initialized.
+pub fn zeroed(slots: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for slot in slots.iter_mut() {
+        slot.write(0.0);
+    }
+    // SAFETY: every element was just written, and MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A vector of `len` values written `chunk` at a time in parallel by `fill(i, chunk_i)`. Each
+/// chunk is zeroed inside its own task just before `fill` runs, so the zeroing happens in cache
+/// and on every core, instead of as one thread's `memset` over the whole allocation (what
+/// `vec![0.0; len]` costs once the allocator recycles memory: ~4% of a ResNet training step).
+pub fn par_chunks_zeroed(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, slots)| {
+        fill(i, zeroed(slots));
+    });
+    // SAFETY: every chunk was zeroed before its `fill` ran (a panic propagates out of for_each
+    // before this line), so the first `len` elements are initialized.
+    unsafe { out.set_len(len) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +74,14 @@ mod tests {
         assert_eq!(v, [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 20.0]);
         let short = std::panic::catch_unwind(|| par_planes(6, 3, |i| (0..i).map(|j| j as f32)));
         assert!(short.is_err());
+    }
+
+    #[test]
+    fn zeroed_chunks_start_at_zero_and_keep_what_fill_writes() {
+        let v = par_chunks_zeroed(7, 3, |i, c| {
+            assert!(c.iter().all(|&x| x == 0.0));
+            c[0] = i as f32 + 1.0;
+        });
+        assert_eq!(v, [1.0, 0.0, 0.0, 2.0, 0.0, 0.0, 3.0]);
     }
 }
