@@ -20,6 +20,12 @@ impl<'a> View<'a> {
         View { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// A `rows x cols` matrix whose rows start `row_stride` apart (a block of columns of a wider
+    /// row-major matrix).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        View { data, rows, cols, row_stride, col_stride: 1 }
+    }
+
     /// The transpose, without moving data.
     pub fn t(self) -> Self {
         View { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
@@ -36,16 +42,22 @@ impl<'a> View<'a> {
 /// `c = a · b` (or `c += a · b` when `accumulate`), with `c` a dense row-major matrix of
 /// `a.rows x b.cols` at the start of the slice.
 pub fn matmul(c: &mut [f32], a: View, b: View, accumulate: bool) {
+    matmul_strided(c, b.cols, a, b, accumulate)
+}
+
+/// [`matmul`] into a `c` whose rows start `c_row_stride` apart.
+pub fn matmul_strided(c: &mut [f32], c_row_stride: usize, a: View, b: View, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "matmul: inner dimensions differ");
     assert!(a.in_bounds() && b.in_bounds(), "matmul: operand view out of bounds");
-    assert!(c.len() >= m * n, "matmul: output slice too short");
+    assert!(c_row_stride >= n, "matmul: output rows overlap");
+    assert!(m == 0 || n == 0 || c.len() >= (m - 1) * c_row_stride + n, "matmul: output slice too short");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(c_row_stride).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -58,7 +70,7 @@ pub fn matmul(c: &mut [f32], a: View, b: View, accumulate: bool) {
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -104,6 +116,27 @@ mod tests {
         }
         matmul(&mut c, View::row_major(&a, m, k), View::row_major(&b, k, n), true);
         c.iter().zip(&want).for_each(|(x, y)| assert!((x - 2.0 * y).abs() < 1e-5));
+    }
+
+    #[test]
+    fn strided_blocks_match_the_dense_product() {
+        let (m, k, n) = (4, 6, 10);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        // Columns 3..7 of b and of the product, through strided views; other columns untouched.
+        let mut c = vec![f32::NAN; m * n];
+        matmul_strided(&mut c[3..], n, View::row_major(&a, m, k), View::strided(&b[3..], k, 4, n), false);
+        for i in 0..m {
+            for j in 0..n {
+                let got = c[i * n + j];
+                if (3..7).contains(&j) {
+                    assert!((got - want[i * n + j]).abs() < 1e-5);
+                } else {
+                    assert!(got.is_nan(), "column {j} was written");
+                }
+            }
+        }
     }
 
     #[test]

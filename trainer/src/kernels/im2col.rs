@@ -87,11 +87,29 @@ impl ConvGeom {
 }
 
 /// Fills `col` [patch, pixels] from one sample `x` [cin, h, w]; padding reads as zero.
+#[cfg(test)]
 pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    im2col_rows(g, x, col, 0..g.ho);
+}
+
+/// Ranges of output rows of about `target` pixels each, covering the output. The convolutions
+/// multiply one such block of im2col columns at a time: a dense [patch, block] matrix whose rows
+/// lie a few hundred bytes apart instead of a whole plane (4 KiB for 32x32) apart was measured
+/// 1.6x faster in gemm for 16-channel 32x32 convolutions (fewer pages and cache lines per
+/// micro-kernel tile), and the block stays in L2 between im2col and gemm.
+pub fn row_blocks(g: &ConvGeom, target: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let step = (target / g.wo.max(1)).max(1);
+    let ho = g.ho;
+    (0..ho).step_by(step).map(move |r| r..(r + step).min(ho))
+}
+
+/// The columns of output rows `rows` of the im2col matrix, as a dense [patch, rows.len() * wo]
+/// matrix in `col`.
+pub fn im2col_rows(g: &ConvGeom, x: &[f32], col: &mut [f32], rows: std::ops::Range<usize>) {
     if g.is_same_size() {
-        return im2col_same_size(g, x, col);
+        return im2col_same_size(g, x, col, rows);
     }
-    let (pixels, s) = (g.pixels(), g.stride);
+    let (pixels, s) = (rows.len() * g.wo, g.stride);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
         for ky in 0..g.kh {
@@ -99,8 +117,8 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
             for kx in 0..g.kw {
                 let (x_lo, x_hi) = g.valid(kx, g.w, g.wo);
                 let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * pixels..][..pixels];
-                for oy in 0..g.ho {
-                    let out = &mut row[oy * g.wo..][..g.wo];
+                for oy in rows.clone() {
+                    let out = &mut row[(oy - rows.start) * g.wo..][..g.wo];
                     if oy < y_lo || oy >= y_hi {
                         out.fill(0.0);
                         continue;
@@ -124,18 +142,26 @@ pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
 
 /// im2col of a same-size convolution: one block copy per row instead of one copy per output row
 /// (the short copies dominated), then zeros where the shift crosses the plane's left or right edge.
-fn im2col_same_size(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+fn im2col_same_size(g: &ConvGeom, x: &[f32], col: &mut [f32], rows: std::ops::Range<usize>) {
     let hw = g.h * g.w;
+    // Output pixels p0..p1; a block starts at an image row, so column j of a block is column
+    // j % w of the image.
+    let (p0, p1) = (rows.start * g.w, rows.end * g.w);
+    let len = p1 - p0;
     for ci in 0..g.cin {
         let plane = &x[ci * hw..][..hw];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * len..][..len];
                 let (shift, valid, dx) = g.same_size_shift(ky, kx);
-                let src = (valid.start as isize + shift) as usize;
-                row[..valid.start].fill(0.0);
-                row[valid.end..].fill(0.0);
-                row[valid.clone()].copy_from_slice(&plane[src..src + valid.len()]);
+                let lo = valid.start.clamp(p0, p1);
+                let hi = valid.end.clamp(lo, p1);
+                row[..lo - p0].fill(0.0);
+                row[hi - p0..].fill(0.0);
+                if hi > lo {
+                    let src = (lo as isize + shift) as usize;
+                    row[lo - p0..hi - p0].copy_from_slice(&plane[src..src + (hi - lo)]);
+                }
                 zero_wrapped_columns(row, g.w, dx);
             }
         }
@@ -260,6 +286,29 @@ mod tests {
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4, "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn row_blocks_are_the_columns_of_the_full_matrix() {
+        for (cin, h, w, k, stride, pad, target) in
+            [(2, 7, 6, 3, 1, 1, 12), (3, 9, 8, 3, 2, 1, 8), (2, 6, 9, 5, 1, 2, 1), (1, 5, 5, 3, 1, 1, 100)]
+        {
+            let g = ConvGeom::new(&[1, cin, h, w], &[4, cin, k, k], stride, pad).unwrap();
+            let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.7).sin()).collect();
+            let full = naive_im2col(&g, &x);
+            let blocks: Vec<_> = row_blocks(&g, target).collect();
+            assert_eq!(blocks.first().map(|b| b.start), Some(0));
+            assert_eq!(blocks.last().map(|b| b.end), Some(g.ho));
+            for rows in blocks {
+                let n = rows.len() * g.wo;
+                let mut col = vec![f32::NAN; g.patch() * n];
+                im2col_rows(&g, &x, &mut col, rows.clone());
+                for r in 0..g.patch() {
+                    let want = &full[r * g.pixels() + rows.start * g.wo..][..n];
+                    assert_eq!(&col[r * n..][..n], want, "{g:?} rows {rows:?}");
+                }
+            }
         }
     }
 
