@@ -9,7 +9,7 @@ use crt_trainer::kernels;
 use kernels_common::{assert_close, random, rng, var, weighted_sum};
 
 /// (input [N, C, H, W], kernel [O, C, K, K], stride, padding)
-const CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
+const CASES: [([usize; 4], [usize; 4], usize, usize); 11] = [
     ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),   // LeNet conv1
     ([2, 16, 8, 8], [16, 16, 3, 3], 1, 1),   // ResNet block conv (input gradient as a conv)
     ([2, 3, 7, 9], [4, 3, 5, 5], 1, 2),      // 5x5 'same', non-square
@@ -19,6 +19,7 @@ const CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
     ([2, 16, 16, 16], [32, 16, 1, 1], 2, 0), // ResNet downsample
     ([2, 8, 9, 7], [6, 8, 1, 1], 1, 0),      // pointwise, odd sizes
     ([2, 4, 9, 7], [5, 4, 3, 3], 2, 0),      // stride 2 without padding, odd sizes
+    ([2, 4, 40, 40], [6, 4, 3, 3], 2, 1),    // stride 2, several blocks of output rows (6, 6, 6, 2)
     // Padding wider than the stride (square: candle's reference backward mishandles H != W here).
     ([1, 2, 7, 7], [3, 2, 3, 3], 3, 2),
 ];
