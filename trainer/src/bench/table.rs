@@ -18,6 +18,8 @@ pub struct Row {
     pub batch: usize,
     pub threads: usize,
     pub runs: usize,
+    /// Rounds of ours and PyTorch back to back; the rates and the ratio are medians over them.
+    pub rounds: usize,
     pub median_s: f64,
     pub items_per_s: f64,
     /// PyTorch's version, rate and ours / PyTorch; absent when PyTorch was not run.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use candle_core::Device;
 
-use crate::bench::reference::{self, Reference};
+use crate::bench::reference::{self, Reference, TorchRow};
 use crate::bench::table::{self, Ceiling, Row};
 use crate::bench::{flops, workload, Case, Mode};
 use crate::config::Arch;
@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// Timed runs per row (after 2 warm-up runs); the median is reported.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// Rounds per row: ours and PyTorch back to back, the order alternating; reports the median of
+    /// each side and of the per-round ratios (steadier on machines whose speed drifts).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Training batch per model, MODEL=N pairs; models not named use 128.
     #[arg(long, default_value = "lenet=256,resnet20=128")]
     pub train_batch: String,
@@ -49,8 +53,8 @@ impl BenchArgs {
     /// Every (model, mode) row, in the order given, with its batch size.
     pub fn cases(&self) -> anyhow::Result<Vec<Case>> {
         let train_batch = parse_batches(&self.train_batch)?;
-        if self.certify_batch == 0 || self.runs == 0 {
-            bail!("--certify-batch and --runs must be at least 1");
+        if self.certify_batch == 0 || self.runs == 0 || self.rounds == 0 {
+            bail!("--certify-batch, --runs and --rounds must be at least 1");
         }
         let mut cases = Vec::new();
         for model in self.models.split(',').filter(|s| !s.is_empty()) {
@@ -107,15 +111,9 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
     let mut rows = Vec::new();
     for case in &cases {
         let (model, mode) = (case.arch.as_str(), case.mode.as_str());
-        eprintln!("bench: {model} {mode} (batch {}): ours...", case.batch);
-        let median_s = workload::measure(case, device, args.runs).with_context(|| format!("bench {model} {mode}"))?;
-        let torch = match &reference {
-            Ok(r) => {
-                eprintln!("bench: {model} {mode} (batch {}): PyTorch...", case.batch);
-                r.measure(case, threads, args.runs).map_err(|e| format!("{e:#}"))
-            }
-            Err(note) => Err(note.clone()),
-        };
+        let m =
+            measure_case(case, device, &reference, threads, &args).with_context(|| format!("bench {model} {mode}"))?;
+        let (median_s, torch) = (m.median_s, m.torch);
         let items_per_s = case.batch as f64 / median_s;
         let row = Row {
             implementation: "crt-trainer",
@@ -125,11 +123,12 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
             batch: case.batch,
             threads,
             runs: args.runs,
+            rounds: args.rounds,
             median_s,
             items_per_s,
-            torch: torch.as_ref().ok().map(|t| t.torch.clone()),
+            torch: torch.as_ref().ok().map(|t| t.version.clone()),
             torch_items_per_s: torch.as_ref().ok().map(|t| t.items_per_s),
-            ratio: torch.as_ref().ok().map(|t| items_per_s / t.items_per_s),
+            ratio: torch.as_ref().ok().map(|t| t.ratio),
             note: torch.err(),
         };
         println!("{}", serde_json::to_string(&row)?);
@@ -139,6 +138,79 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
     println!("{}", serde_json::to_string(&ceiling)?);
     print!("\n{}", table::render(&rows, Some(&ceiling)));
     Ok(())
+}
+
+/// One row's measurements: our median seconds, and PyTorch's side or why it is missing.
+struct Measured {
+    median_s: f64,
+    torch: Result<TorchSide, String>,
+}
+
+struct TorchSide {
+    version: String,
+    items_per_s: f64,
+    /// Median over the rounds of ours / PyTorch.
+    ratio: f64,
+}
+
+/// Runs one case `--rounds` times, ours and PyTorch back to back with the order alternating, so
+/// that a machine whose speed drifts (a shared VM) favours neither side.
+fn measure_case(
+    case: &Case,
+    device: &Device,
+    reference: &Result<Reference, String>,
+    threads: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<Measured> {
+    let (model, mode) = (case.arch.as_str(), case.mode.as_str());
+    let ours = || -> anyhow::Result<f64> {
+        eprintln!("bench: {model} {mode} (batch {}): ours...", case.batch);
+        workload::measure(case, device, args.runs)
+    };
+    let torch = || match reference {
+        Ok(r) => {
+            eprintln!("bench: {model} {mode} (batch {}): PyTorch...", case.batch);
+            r.measure(case, threads, args.runs).map_err(|e| format!("{e:#}"))
+        }
+        Err(note) => Err(note.clone()),
+    };
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let pair = if round % 2 == 0 {
+            let o = ours()?;
+            (o, torch())
+        } else {
+            let t = torch();
+            (ours()?, t)
+        };
+        rounds.push(pair);
+    }
+    let median_s = median(rounds.iter().map(|r| r.0).collect());
+    let torch = match rounds.iter().find_map(|r| r.1.as_ref().err()) {
+        Some(note) => Err(note.clone()),
+        None => {
+            let rows: Vec<&TorchRow> = rounds.iter().filter_map(|r| r.1.as_ref().ok()).collect();
+            Ok(TorchSide {
+                version: rows[0].torch.clone(),
+                items_per_s: median(rows.iter().map(|t| t.items_per_s).collect()),
+                ratio: median(rounds.iter().zip(&rows).map(|(r, t)| case.batch as f64 / r.0 / t.items_per_s).collect()),
+            })
+        }
+    };
+    Ok(Measured { median_s, torch })
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The matmul rate, and LeNet certification's effective rate as a share of it.
@@ -187,6 +259,13 @@ mod tests {
         assert!(err(&["--modes", "eval"]).contains("--modes"));
         assert!(err(&["--train-batch", "lenet=x"]).contains("--train-batch"));
         assert!(err(&["--train-batch", "lenet=0"]).contains("lenet=0"));
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(args(&["--rounds", "0"]).cases().unwrap_err().to_string().contains("--rounds"));
     }
 
     #[test]
