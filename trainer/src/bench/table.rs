@@ -111,6 +111,7 @@ mod tests {
             batch: 1000,
             threads: 2,
             runs: 10,
+            rounds: 1,
             median_s: 0.5,
             items_per_s: 2000.0,
             torch: ratio.map(|_| "2.15.0".into()),
