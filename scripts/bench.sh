@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh                              # the default table (2 threads, 10 runs)
 #   scripts/bench.sh --runs 20 --models lenet      # any `crt-trainer bench --help` flag
+#   scripts/bench.sh --rounds 3                    # 3 alternating ours/PyTorch rounds per row (docs/benchmarks.md)
 #   BENCH_NICE=-19 scripts/bench.sh                # run at high priority on a shared machine (root)
 #
 # PyTorch from PyPI on Linux x86_64 is the CUDA build (measured with torch 2.15: the torch wheel
