@@ -1,6 +1,6 @@
-//! 2-D convolution as im2col + gemm per sample, with an optional bias, ReLU and max-pooling applied
-//! while the output is still in cache, and a backward pass that computes only the gradients the
-//! graph needs:
+//! 2-D convolution as im2col + gemm per sample (a block of output rows at a time), with an optional
+//! bias, ReLU and max-pooling applied while the output is still in cache, and a backward pass, also
+//! sample by sample, that computes only the gradients the graph needs:
 //!   input:  dX_s = col2im(Wᵀ · dY_s)     (skipped for images, which are not tracked)
 //!   weight: dW   = Σ_s dY_s · im2col(X_s)ᵀ
 //!   bias:   db   = Σ_s Σ_pixels dY_s
