@@ -224,8 +224,8 @@ type ParamSums = (Vec<f32>, Vec<f32>);
 /// gradient is made by `dy_of` into a scratch buffer and used at once, while it is in cache, for
 ///   input:  dX_s = col2im(Wᵀ · dY_s)   (a forward convolution for stride-1 "same" convolutions)
 ///   weight: dWᵀ += im2col(X_s) · dY_sᵀ, db += Σ_pixels dY_s
-/// so no activation-sized gradient is written or read back between the steps. Samples go to the
-/// cores by work stealing; each worker sums its own dW and db, added together at the end.
+/// so no activation-sized gradient is written or read back between the steps. Fixed runs of
+/// samples go to the cores by work stealing; each run sums its own dW and db, added in run order.
 fn backward_by_sample(
     g: &ConvGeom,
     x: &[f32],
@@ -237,22 +237,26 @@ fn backward_by_sample(
     let flipped = (need_dx && is_same_conv(g)).then(|| flipped_kernel(g, w));
     let dx_len = if need_dx { g.batch * g.in_len() } else { 0 };
     let mut dx = Vec::with_capacity(dx_len);
-    let parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if need_dx {
+    let mut parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if need_dx {
         dx.spare_capacity_mut()[..dx_len].chunks_mut(g.in_len()).map(Some).collect()
     } else {
         (0..g.batch).map(|_| None).collect()
     };
     let col_len = if g.is_pointwise() { 0 } else { g.patch().max(g.cout * g.kh * g.kw) * g.pixels().max(g.h * g.w) };
     let (dw_len, cout) = (g.cout * g.patch(), g.cout);
-    let sums = parts
-        .into_par_iter()
+    // Fixed runs of samples, each summed in order and the runs added in order: the sums do not
+    // depend on which thread took which run (work stealing), so training stays bit-reproducible.
+    let per_run = g.batch.div_ceil(SUM_RUNS).max(1);
+    let run_sums: Vec<Option<ParamSums>> = parts
+        .par_chunks_mut(per_run)
         .enumerate()
-        .fold(
-            || None,
-            |mut sums: Option<ParamSums>, (s, dx_part)| {
+        .map(|(run, run_parts)| {
+            let mut sums: Option<ParamSums> = None;
+            for (j, dx_part) in run_parts.iter_mut().enumerate() {
+                let s = run * per_run + j;
                 with_buffers(col_len, g.out_len(), |col, dy| {
                     dy_of(s, dy);
-                    if let Some(part) = dx_part {
+                    if let Some(part) = dx_part.take() {
                         sample_input_grad(g, w, flipped.as_deref(), dy, zeroed(part), col);
                     }
                     if need_params {
@@ -260,21 +264,15 @@ fn backward_by_sample(
                         sample_param_grads(g, &x[s * g.in_len()..][..g.in_len()], dy, (dw_t, db), col);
                     }
                 });
-                sums
-            },
-        )
-        .reduce(
-            || None,
-            |a, b| match (a, b) {
-                (Some((mut dw, mut db)), Some((dw2, db2))) => {
-                    dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
-                    db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                    Some((dw, db))
-                }
-                (a, None) => a,
-                (None, b) => b,
-            },
-        );
+            }
+            sums
+        })
+        .collect();
+    let sums = run_sums.into_iter().flatten().reduce(|(mut dw, mut db), (dw2, db2)| {
+        dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+        (dw, db)
+    });
     let dx = need_dx.then(|| {
         // SAFETY: every sample's part of the first `dx_len` elements was zeroed and written in the
         // parallel loop above (a panic there propagates before this line).
@@ -289,6 +287,11 @@ fn backward_by_sample(
     });
     (dx, params)
 }
+
+/// Runs of samples whose weight-gradient sums are made separately (in parallel) and then added in
+/// order: more runs than cores so that work stealing can balance them, a fixed count so that the
+/// result does not depend on the thread count.
+const SUM_RUNS: usize = 8;
 
 /// Stride 1, a square odd kernel and "same" padding ((k - 1) / 2), not pointwise.
 fn is_same_conv(g: &ConvGeom) -> bool {
