@@ -58,7 +58,7 @@ impl Conv2d {
     pub fn forward(&self, g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let out_len = self.pooled_len(g);
         let record = self.tracked && self.pool > 1;
-        let col_len = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
+        let col_len = col_len(g);
         let full_len = if self.pool > 1 { g.out_len() } else { 0 };
         let sample = |s: usize, o: &mut [f32], am: Option<&mut [u8]>| {
             with_buffers(col_len, full_len, |col, full| {
@@ -177,6 +177,22 @@ pub(super) struct Grads {
     pub db: Option<Tensor>,
 }
 
+/// Scratch for one sample's im2col matrix (none for a pointwise convolution, which multiplies the
+/// sample itself); the blocks of [`conv_sample`] and the col2im input gradient use a prefix.
+fn col_len(g: &ConvGeom) -> usize {
+    if g.is_pointwise() {
+        0
+    } else {
+        g.patch() * g.pixels()
+    }
+}
+
+/// One sample of a "same" convolution's input gradient as a forward convolution: dY [cout, ho, wo]
+/// in, dX [cin, h, w] out (see [`sample_input_grad`]).
+fn input_grad_geom(g: &ConvGeom) -> ConvGeom {
+    ConvGeom { batch: 1, cin: g.cout, cout: g.cin, h: g.ho, w: g.wo, ho: g.h, wo: g.w, ..*g }
+}
+
 /// Output pixels per im2col block in the forward pass and in the weight gradient (whose gemm,
 /// with the block as its inner dimension, was measured faster with longer blocks).
 const FORWARD_BLOCK: usize = 128;
@@ -242,7 +258,8 @@ fn backward_by_sample(
     } else {
         (0..g.batch).map(|_| None).collect()
     };
-    let col_len = if g.is_pointwise() { 0 } else { g.patch().max(g.cout * g.kh * g.kw) * g.pixels().max(g.h * g.w) };
+    // The same-size input gradient runs a forward convolution of the transposed geometry.
+    let col_len = col_len(g).max(if flipped.is_some() { col_len(&input_grad_geom(g)) } else { 0 });
     let (dw_len, cout) = (g.cout * g.patch(), g.cout);
     // Fixed runs of samples, each summed in order and the runs added in order: the sums do not
     // depend on which thread took which run (work stealing), so training stays bit-reproducible.
@@ -322,9 +339,7 @@ fn flipped_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
 fn sample_input_grad(g: &ConvGeom, w: &[f32], flipped: Option<&[f32]>, dy: &[f32], dx: &mut [f32], col: &mut [f32]) {
     let dy_view = View::row_major(dy, g.cout, g.pixels());
     if let Some(flipped) = flipped {
-        let gt = ConvGeom { batch: 1, cin: g.cout, cout: g.cin, h: g.ho, w: g.wo, ho: g.h, wo: g.w, ..*g };
-        let conv = Conv2d::new(1, g.pad, false, 1, false);
-        conv.sample_forward(&gt, dy, flipped, None, (col, &mut [][..]), dx, None);
+        conv_sample(&input_grad_geom(g), dy, flipped, col, dx);
     } else if g.is_pointwise() {
         matmul(dx, View::row_major(w, g.cout, g.patch()).t(), dy_view, false);
     } else {

@@ -92,6 +92,13 @@ pub fn matmul_strided(c: &mut [f32], c_row_stride: usize, a: View, b: View, accu
 mod tests {
     use super::*;
 
+    /// Operands a [m, k] and b [k, n] with distinct values.
+    fn operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        (a, b)
+    }
+
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         (0..m * n).map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum()).collect()
     }
@@ -99,8 +106,7 @@ mod tests {
     #[test]
     fn products_transposes_and_accumulation_match_the_definition() {
         let (m, k, n) = (5, 7, 3);
-        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let (a, b) = operands(m, k, n);
         let want = naive(&a, &b, m, k, n);
         let mut c = vec![0.0; m * n];
         matmul(&mut c, View::row_major(&a, m, k), View::row_major(&b, k, n), false);
@@ -121,8 +127,7 @@ mod tests {
     #[test]
     fn strided_blocks_match_the_dense_product() {
         let (m, k, n) = (4, 6, 10);
-        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let (a, b) = operands(m, k, n);
         let want = naive(&a, &b, m, k, n);
         // Columns 3..7 of b and of the product, through strided views; other columns untouched.
         let mut c = vec![f32::NAN; m * n];
