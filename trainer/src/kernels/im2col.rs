@@ -300,6 +300,9 @@ mod tests {
             let blocks: Vec<_> = row_blocks(&g, target).collect();
             assert_eq!(blocks.first().map(|b| b.start), Some(0));
             assert_eq!(blocks.last().map(|b| b.end), Some(g.ho));
+            // Back to back, none empty: every output row in exactly one block.
+            assert!(blocks.windows(2).all(|p| p[0].end == p[1].start), "{blocks:?}");
+            assert!(blocks.iter().all(|b| !b.is_empty()), "{blocks:?}");
             for rows in blocks {
                 let n = rows.len() * g.wo;
                 let mut col = vec![f32::NAN; g.patch() * n];
