@@ -89,7 +89,7 @@ impl CustomOp3 for ConvBnTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().expect("conv-bn lock");
         let Some(s) = saved.as_ref() else { candle_core::bail!("{NAME}: backward pass before the forward pass") };
-        let (dims, c, pixels) = (out_dims(&s.geom), s.geom.cout, s.geom.pixels());
+        let (dims, c) = (out_dims(&s.geom), s.geom.cout);
         let (grads, dgamma, dbeta) = with_values(gb, NAME, |gbv| {
             with_values(res, NAME, |rv| {
                 with_values(grad, NAME, |gv| {
@@ -97,11 +97,7 @@ impl CustomOp3 for ConvBnTrain {
                     // The BatchNorm's input gradient is made per sample, where the convolution's
                     // backward pass uses it, and never stored whole.
                     let grads = self.conv.grads_by_sample(&s.geom, x, w, None, |smp, dy| {
-                        for (ch, d) in dy.chunks_exact_mut(pixels).enumerate() {
-                            let at = (smp * c + ch) * pixels..(smp * c + ch + 1) * pixels;
-                            let values = coeffs.plane_values(ch, &gv[at.clone()], &rv[at.clone()], &s.conv_out[at]);
-                            d.iter_mut().zip(values).for_each(|(d, v)| *d = v);
-                        }
+                        coeffs.write_sample(smp, gv, rv, &s.conv_out, dy)
                     })?;
                     Ok((grads, coeffs.dweight, coeffs.dbias))
                 })

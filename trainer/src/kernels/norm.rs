@@ -181,9 +181,21 @@ pub struct BnGrad {
 }
 
 impl BnGrad {
+    /// dx of sample `s`, all channels, into `out` [C, H, W], from the whole batch's output
+    /// gradient, output (for the ReLU's mask) and input.
+    pub fn write_sample(&self, s: usize, grad: &[f32], res: &[f32], x: &[f32], out: &mut [f32]) {
+        let c = self.channels.len();
+        let pixels = out.len() / c.max(1);
+        for (ch, d) in out.chunks_exact_mut(pixels).enumerate() {
+            let at = (s * c + ch) * pixels..(s * c + ch + 1) * pixels;
+            let values = self.plane_values(ch, &grad[at.clone()], &res[at.clone()], &x[at]);
+            d.iter_mut().zip(values).for_each(|(d, v)| *d = v);
+        }
+    }
+
     /// dx over one plane of channel `ch`, from the output gradient, the output (for the ReLU's
     /// mask) and the input.
-    pub fn plane_values<'a>(
+    fn plane_values<'a>(
         &self,
         ch: usize,
         grad: &'a [f32],
