@@ -26,6 +26,9 @@ pub struct Row {
     pub torch: Option<String>,
     pub torch_items_per_s: Option<f64>,
     pub ratio: Option<f64>,
+    /// The lowest and highest ours / PyTorch over the rounds.
+    pub ratio_min: Option<f64>,
+    pub ratio_max: Option<f64>,
     /// Why PyTorch's numbers are missing.
     pub note: Option<String>,
 }
@@ -60,13 +63,19 @@ pub fn render(rows: &[Row], ceiling: Option<&Ceiling>) -> String {
     let mut out = String::new();
     let header = ["model", "mode", "batch", "threads", "kernels", "ours items/s", "PyTorch items/s", "ours/PyTorch"];
     let [h0, h1, h2, h3, h4, h5, h6, h7] = header;
-    let _ = writeln!(out, "{h0:<10} {h1:<8} {h2:>6} {h3:>7} {h4:>7} {h5:>13} {h6:>16} {h7:>13}");
+    let _ = writeln!(out, "{h0:<10} {h1:<8} {h2:>6} {h3:>7} {h4:>7} {h5:>13} {h6:>16}   {h7}");
     for r in rows {
         let torch = r.torch_items_per_s.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let ratio = r.ratio.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let ratio = match (r.ratio, r.ratio_min, r.ratio_max) {
+            (Some(v), Some(lo), Some(hi)) if r.rounds > 1 => {
+                format!("{v:.2} ({lo:.2}-{hi:.2} over {} rounds)", r.rounds)
+            }
+            (Some(v), ..) => format!("{v:.2}"),
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<10} {:<8} {:>6} {:>7} {:>7} {:>13.1} {:>16} {:>13}",
+            "{:<10} {:<8} {:>6} {:>7} {:>7} {:>13.1} {:>16}   {}",
             r.model,
             r.mode.as_str(),
             r.batch,
@@ -117,6 +126,8 @@ mod tests {
             torch: ratio.map(|_| "2.15.0".into()),
             torch_items_per_s: ratio.map(|r| 2000.0 / r),
             ratio,
+            ratio_min: ratio.map(|r| r * 0.9),
+            ratio_max: ratio.map(|r| r * 1.2),
             note: ratio.is_none().then(|| "no torch".into()),
         }
     }
@@ -130,6 +141,9 @@ mod tests {
         assert!(text.contains("4000.0") && text.contains("0.50"), "{text}");
         assert!(text.contains("note (lenet certify): no torch"), "{text}");
         assert!(text.contains("= 9.2% of matmul"), "{text}");
+        assert!(!text.contains("rounds"), "one round has no range: {text}");
+        let three = render(&[Row { rounds: 3, ..row(Some(0.5)) }], None);
+        assert!(three.contains("0.50 (0.45-0.60 over 3 rounds)"), "{three}");
         let same = render(&[row(None), row(None)], None);
         assert_eq!(same.matches("note").count(), 1, "{same}");
     }

@@ -129,6 +129,8 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
             torch: torch.as_ref().ok().map(|t| t.version.clone()),
             torch_items_per_s: torch.as_ref().ok().map(|t| t.items_per_s),
             ratio: torch.as_ref().ok().map(|t| t.ratio),
+            ratio_min: torch.as_ref().ok().map(|t| t.ratio_range.0),
+            ratio_max: torch.as_ref().ok().map(|t| t.ratio_range.1),
             note: torch.err(),
         };
         println!("{}", serde_json::to_string(&row)?);
@@ -151,6 +153,21 @@ struct TorchSide {
     items_per_s: f64,
     /// Median over the rounds of ours / PyTorch.
     ratio: f64,
+    /// The lowest and highest per-round ratio: how far the machine's drift moved it.
+    ratio_range: (f64, f64),
+}
+
+/// PyTorch's side of a row from each round's pair: our median seconds and PyTorch's row.
+fn torch_side(batch: usize, rounds: &[(f64, &TorchRow)]) -> TorchSide {
+    let ratios: Vec<f64> = rounds.iter().map(|(ours_s, t)| batch as f64 / ours_s / t.items_per_s).collect();
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    TorchSide {
+        version: rounds.first().map(|(_, t)| t.torch.clone()).unwrap_or_default(),
+        items_per_s: median(rounds.iter().map(|(_, t)| t.items_per_s).collect()),
+        ratio: median(ratios),
+        ratio_range: (lowest, highest),
+    }
 }
 
 /// Runs one case `--rounds` times, ours and PyTorch back to back with the order alternating, so
@@ -189,12 +206,8 @@ fn measure_case(
     let torch = match rounds.iter().find_map(|r| r.1.as_ref().err()) {
         Some(note) => Err(note.clone()),
         None => {
-            let rows: Vec<&TorchRow> = rounds.iter().filter_map(|r| r.1.as_ref().ok()).collect();
-            Ok(TorchSide {
-                version: rows[0].torch.clone(),
-                items_per_s: median(rows.iter().map(|t| t.items_per_s).collect()),
-                ratio: median(rounds.iter().zip(&rows).map(|(r, t)| case.batch as f64 / r.0 / t.items_per_s).collect()),
-            })
+            let pairs: Vec<(f64, &TorchRow)> = rounds.iter().filter_map(|r| Some((r.0, r.1.as_ref().ok()?))).collect();
+            Ok(torch_side(case.batch, &pairs))
         }
     };
     Ok(Measured { median_s, torch })
@@ -266,6 +279,24 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(args(&["--rounds", "0"]).cases().unwrap_err().to_string().contains("--rounds"));
+    }
+
+    #[test]
+    fn torch_side_takes_medians_and_the_range_of_per_round_ratios() {
+        let row = |items_per_s: f64| TorchRow {
+            torch: "2.15.0".into(),
+            model: "lenet".into(),
+            mode: "train".into(),
+            batch: 100,
+            threads: 2,
+            median_s: 100.0 / items_per_s,
+            items_per_s,
+        };
+        let (a, b, c) = (row(100.0), row(200.0), row(50.0));
+        // Ours at 1 s per batch of 100 (100 items/s) each round: ratios 1.0, 0.5 and 2.0.
+        let side = torch_side(100, &[(1.0, &a), (1.0, &b), (1.0, &c)]);
+        assert_eq!((side.items_per_s, side.ratio, side.ratio_range), (100.0, 1.0, (0.5, 2.0)));
+        assert_eq!(side.version, "2.15.0");
     }
 
     #[test]
