@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::eltwise::relu_masked;
 use super::gemm::{matmul, matmul_strided, View};
 use super::im2col::{col2im_add, im2col_rows, row_blocks, ConvGeom};
+use super::norm::PlaneMoments;
 use super::pool::{pool_plane, unpool_plane};
 use super::scratch::with_buffers;
 use super::storage::{par_chunks_zeroed, slice, with_values, zeroed};
@@ -56,6 +57,25 @@ impl Conv2d {
 
     /// The output of input x [N, cin, h, w] and kernel w [cout, cin, kh, kw].
     pub fn forward(&self, g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        self.forward_impl(g, x, w, bias, false).0
+    }
+
+    /// [`Conv2d::forward`] without pooling, with each output plane's moments (for the BatchNorm
+    /// after it) taken right after the sample's gemm, while the sample is still in cache, rather
+    /// than in a second pass over the whole output.
+    pub fn forward_with_moments(&self, g: &ConvGeom, x: &[f32], w: &[f32]) -> (Vec<f32>, Vec<PlaneMoments>) {
+        assert_eq!(self.pool, 1, "{NAME}: plane moments of a pooled output");
+        self.forward_impl(g, x, w, None, true)
+    }
+
+    fn forward_impl(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        moments: bool,
+    ) -> (Vec<f32>, Vec<PlaneMoments>) {
         let out_len = self.pooled_len(g);
         let record = self.tracked && self.pool > 1;
         let col_len = col_len(g);
@@ -71,9 +91,18 @@ impl Conv2d {
             let chunks = out.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len));
             chunks.enumerate().for_each(|(s, (o, am))| sample(s, o, Some(am)));
             *self.argmax.lock().expect("argmax lock") = argmax;
-            out
+            (out, Vec::new())
         } else {
-            par_chunks_zeroed(g.batch * out_len, out_len, |s, o| sample(s, o, None))
+            let (out, per_sample) = par_chunks_zeroed(g.batch * out_len, out_len, |s, o| {
+                sample(s, o, None);
+                let planes = o.chunks_exact(out_len / g.cout.max(1));
+                if moments {
+                    planes.map(PlaneMoments::of).collect()
+                } else {
+                    Vec::new()
+                }
+            });
+            (out, per_sample.concat())
         }
     }
 

@@ -69,9 +69,9 @@ impl CustomOp3 for ConvBnTrain {
         if gb.len() != 2 * g.cout {
             candle_core::bail!("{NAME}: {} affine values for {} channels", gb.len(), g.cout)
         }
-        let conv_out = self.conv.forward(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?, None);
+        let (conv_out, moments) = self.conv.forward_with_moments(&g, slice(xs, xl, NAME)?, slice(ws, wl, NAME)?);
         let dims = out_dims(&g);
-        let stats = BatchStats::of_values(&dims, &conv_out)?;
+        let stats = BatchStats::from_planes(g.batch, g.cout, &moments)?;
         let norm = BatchNormTrain::new(&stats, self.eps, self.relu);
         let out = norm.forward(&dims, &conv_out, &gb[..g.cout], &gb[g.cout..])?;
         *self.stats.lock().expect("conv-bn lock") = Some(stats);
@@ -84,23 +84,21 @@ impl CustomOp3 for ConvBnTrain {
         x: &Tensor,
         w: &Tensor,
         gb: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().expect("conv-bn lock");
         let Some(s) = saved.as_ref() else { candle_core::bail!("{NAME}: backward pass before the forward pass") };
         let (dims, c) = (out_dims(&s.geom), s.geom.cout);
         let (grads, dgamma, dbeta) = with_values(gb, NAME, |gbv| {
-            with_values(res, NAME, |rv| {
-                with_values(grad, NAME, |gv| {
-                    let coeffs = s.norm.grad_coeffs(&dims, &s.conv_out, &gbv[..c], rv, gv)?;
-                    // The BatchNorm's input gradient is made per sample, where the convolution's
-                    // backward pass uses it, and never stored whole.
-                    let grads = self.conv.grads_by_sample(&s.geom, x, w, None, |smp, dy| {
-                        coeffs.write_sample(smp, gv, rv, &s.conv_out, dy)
-                    })?;
-                    Ok((grads, coeffs.dweight, coeffs.dbias))
-                })
+            with_values(grad, NAME, |gv| {
+                let coeffs = s.norm.grad_coeffs(&dims, &s.conv_out, &gbv[..c], &gbv[c..], gv)?;
+                // The BatchNorm's input gradient is made per sample, where the convolution's
+                // backward pass uses it, and never stored whole.
+                let grads = self
+                    .conv
+                    .grads_by_sample(&s.geom, x, w, None, |smp, dy| coeffs.write_sample(smp, gv, &s.conv_out, dy))?;
+                Ok((grads, coeffs.dweight, coeffs.dbias))
             })
         })?;
         let dgb =

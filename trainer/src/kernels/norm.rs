@@ -36,25 +36,47 @@ impl BatchStats {
     /// The statistics of values laid out as `dims` ([N, C, H, W] or [N, C]).
     pub fn of_values(dims: &[usize], v: &[f32]) -> Result<Self> {
         let (n, c, hw) = dims3(dims)?;
-        {
-            // One pass with shifted sums (shift = the channel's first value, close to its mean),
-            // so that E[d²] - E[d]² does not cancel catastrophically.
-            let per_channel: Vec<(f64, f64)> = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let shift = v[ch * hw];
-                    let (s1, s2) = (0..n).fold((0f64, 0f64), |(s1, s2), s| {
-                        let (a, b) = lane_sums(&v[(s * c + ch) * hw..][..hw], shift);
-                        (s1 + a as f64, s2 + b as f64)
-                    });
-                    let count = (n * hw) as f64;
-                    let mean_d = s1 / count;
-                    (shift as f64 + mean_d, (s2 / count - mean_d * mean_d).max(0.0))
-                })
-                .collect();
-            let (mean, var) = per_channel.into_iter().unzip();
-            Ok(BatchStats { mean, var, count: n * hw })
+        let moments: Vec<PlaneMoments> = v.par_chunks(hw.max(1)).map(PlaneMoments::of).collect();
+        Self::from_planes(n, c, &moments)
+    }
+
+    /// The statistics from the moments of each [N, C] plane (sample-major), combined in sample
+    /// order (Chan et al.'s pairwise update, exact in real arithmetic): the result does not depend
+    /// on which thread made which plane's moments.
+    pub fn from_planes(n: usize, c: usize, planes: &[PlaneMoments]) -> Result<Self> {
+        if planes.len() != n * c || n == 0 {
+            bail!("{NAME}: {} plane moments for {n} samples of {c} channels", planes.len())
         }
+        let hw = planes[0].count;
+        let (mut mean, mut var) = (Vec::with_capacity(c), Vec::with_capacity(c));
+        for ch in 0..c {
+            let channel = || (0..n).map(|s| &planes[s * c + ch]);
+            let m = channel().map(|p| p.mean).sum::<f64>() / n as f64;
+            let m2: f64 = channel().map(|p| p.m2 + p.count as f64 * (p.mean - m) * (p.mean - m)).sum();
+            mean.push(m);
+            var.push((m2 / (n * hw) as f64).max(0.0));
+        }
+        Ok(BatchStats { mean, var, count: n * hw })
+    }
+}
+
+/// One plane's mean and sum of squared deviations from it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaneMoments {
+    count: usize,
+    mean: f64,
+    m2: f64,
+}
+
+impl PlaneMoments {
+    /// Sums shifted by the plane's first value (close to its mean), so that Σd² - (Σd)²/n does not
+    /// cancel catastrophically; f32 lanes within the plane, f64 from there on.
+    pub fn of(plane: &[f32]) -> Self {
+        let shift = plane.first().copied().unwrap_or(0.0);
+        let (s1, s2) = lane_sums(plane, shift);
+        let count = plane.len().max(1) as f64;
+        let mean_d = s1 as f64 / count;
+        PlaneMoments { count: plane.len(), mean: shift as f64 + mean_d, m2: (s2 as f64 - s1 as f64 * mean_d).max(0.0) }
     }
 }
 
@@ -82,9 +104,7 @@ impl BatchNormTrain {
         }
         let relu = self.relu;
         Ok(par_planes(x.len(), hw, |p| {
-            let ch = p % c;
-            let scale = weight[ch] * self.inv_std[ch];
-            let shift = bias[ch] - self.mean[ch] * scale;
+            let (scale, shift) = self.affine(p % c, weight, bias);
             x[p * hw..(p + 1) * hw].iter().map(move |&x| {
                 let y = x * scale + shift;
                 if relu {
@@ -96,47 +116,56 @@ impl BatchNormTrain {
         }))
     }
 
-    /// (dx, dweight, dbias) from x, the weight, the output (for the ReLU mask) and its gradient.
+    /// Channel `ch`'s forward map y = x * scale + shift (before the ReLU). One definition for the
+    /// forward pass and the backward pass's ReLU mask, so that the mask is bit for bit the
+    /// forward pass's.
+    fn affine(&self, ch: usize, weight: &[f32], bias: &[f32]) -> (f32, f32) {
+        let scale = weight[ch] * self.inv_std[ch];
+        (scale, bias[ch] - self.mean[ch] * scale)
+    }
+
+    /// (dx, dweight, dbias) from x, the weight and bias, and the output's gradient.
     pub(super) fn backward(
         &self,
         dims: &[usize],
         x: &[f32],
         weight: &[f32],
-        res: &[f32],
+        bias: &[f32],
         grad: &[f32],
     ) -> Result<[Vec<f32>; 3]> {
         let (_, c, hw) = dims3(dims)?;
-        let coeffs = self.grad_coeffs(dims, x, weight, res, grad)?;
+        let coeffs = self.grad_coeffs(dims, x, weight, bias, grad)?;
         let dx = par_planes(x.len(), hw, |p| {
             let plane = p * hw..(p + 1) * hw;
-            coeffs.plane_values(p % c, &grad[plane.clone()], &res[plane.clone()], &x[plane])
+            coeffs.plane_values(p % c, &grad[plane.clone()], &x[plane])
         });
         Ok([dx, coeffs.dweight, coeffs.dbias])
     }
 
     /// The backward pass's first pass: per channel Σ dy and Σ dy * (x - mean), dy being the
     /// gradient behind the ReLU's mask (plane sums in f32 lanes, added in f64), and from them the
-    /// coefficients of dx.
+    /// coefficients of dx. The mask is recomputed from x rather than read from the output: one
+    /// activation-sized stream fewer in both backward passes, which are memory-bound.
     pub(super) fn grad_coeffs(
         &self,
         dims: &[usize],
         x: &[f32],
         weight: &[f32],
-        res: &[f32],
+        bias: &[f32],
         grad: &[f32],
     ) -> Result<BnGrad> {
         let (n, c, hw) = dims3(dims)?;
-        if weight.len() != c || [x.len(), res.len(), grad.len()].iter().any(|&l| l != n * c * hw) {
+        if weight.len() != c || bias.len() != c || [x.len(), grad.len()].iter().any(|&l| l != n * c * hw) {
             bail!("{NAME}: backward pass got values of the wrong length for {dims:?}")
         }
         let relu = self.relu;
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mean = self.mean[ch];
+                let (mean, gate) = (self.mean[ch], relu.then(|| self.affine(ch, weight, bias)));
                 (0..n).fold((0f64, 0f64), |(a, b), s| {
                     let plane = (s * c + ch) * hw..(s * c + ch + 1) * hw;
-                    let (d, e) = lane_grad_sums(&grad[plane.clone()], &res[plane.clone()], &x[plane], mean, relu);
+                    let (d, e) = lane_grad_sums(&grad[plane.clone()], &x[plane], mean, gate);
                     (a + d as f64, b + e as f64)
                 })
             })
@@ -146,9 +175,11 @@ impl BatchNormTrain {
         let channels = (0..c)
             .map(|ch| {
                 let i = self.inv_std[ch];
+                let (scale, shift) = self.affine(ch, weight, bias);
                 ChannelGrad {
                     mean: self.mean[ch],
-                    scale: weight[ch] * i,
+                    scale,
+                    shift,
                     mean_dy: (sums[ch].0 / count) as f32,
                     xhat_coeff: i * (xhat_sums[ch] / count) as f32,
                 }
@@ -163,11 +194,13 @@ impl BatchNormTrain {
     }
 }
 
-/// What the backward pass needs per channel: dx = scale * (dy - mean_dy - (x - mean) * xhat_coeff).
+/// What the backward pass needs per channel: dx = scale * (dy - mean_dy - (x - mean) * xhat_coeff),
+/// where dy is the output gradient, masked where x * scale + shift (the forward pass) was <= 0.
 #[derive(Debug, Clone, Copy)]
 struct ChannelGrad {
     mean: f32,
     scale: f32,
+    shift: f32,
     mean_dy: f32,
     xhat_coeff: f32,
 }
@@ -182,29 +215,22 @@ pub struct BnGrad {
 
 impl BnGrad {
     /// dx of sample `s`, all channels, into `out` [C, H, W], from the whole batch's output
-    /// gradient, output (for the ReLU's mask) and input.
-    pub fn write_sample(&self, s: usize, grad: &[f32], res: &[f32], x: &[f32], out: &mut [f32]) {
+    /// gradient and input.
+    pub fn write_sample(&self, s: usize, grad: &[f32], x: &[f32], out: &mut [f32]) {
         let c = self.channels.len();
         let pixels = out.len() / c.max(1);
         for (ch, d) in out.chunks_exact_mut(pixels).enumerate() {
             let at = (s * c + ch) * pixels..(s * c + ch + 1) * pixels;
-            let values = self.plane_values(ch, &grad[at.clone()], &res[at.clone()], &x[at]);
+            let values = self.plane_values(ch, &grad[at.clone()], &x[at]);
             d.iter_mut().zip(values).for_each(|(d, v)| *d = v);
         }
     }
 
-    /// dx over one plane of channel `ch`, from the output gradient, the output (for the ReLU's
-    /// mask) and the input.
-    fn plane_values<'a>(
-        &self,
-        ch: usize,
-        grad: &'a [f32],
-        res: &'a [f32],
-        x: &'a [f32],
-    ) -> impl Iterator<Item = f32> + 'a {
+    /// dx over one plane of channel `ch`, from the output gradient and the input.
+    fn plane_values<'a>(&self, ch: usize, grad: &'a [f32], x: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
         let (k, relu) = (self.channels[ch], self.relu);
-        grad.iter().zip(res).zip(x).map(move |((&g, &r), &x)| {
-            let d = if relu && r <= 0.0 { 0.0 } else { g };
+        grad.iter().zip(x).map(move |(&g, &x)| {
+            let d = if relu && !passes(x, k.scale, k.shift) { 0.0 } else { g };
             k.scale * (d - k.mean_dy - (x - k.mean) * k.xhat_coeff)
         })
     }
@@ -229,19 +255,28 @@ fn lane_sums(values: &[f32], shift: f32) -> (f32, f32) {
     (a.iter().sum::<f32>() + tail.0, b.iter().sum::<f32>() + tail.1)
 }
 
-/// (Σ dy, Σ dy * (x - mean)) over one plane, dy = grad masked where the ReLU's output is 0.
-fn lane_grad_sums(grad: &[f32], res: &[f32], x: &[f32], mean: f32, relu: bool) -> (f32, f32) {
+/// Whether the ReLU after the forward map x * scale + shift let x through (the same expression as
+/// the forward pass, so the same bits; a NaN, which the forward's `max` turned into 0, does not).
+fn passes(x: f32, scale: f32, shift: f32) -> bool {
+    x * scale + shift > 0.0
+}
+
+/// (Σ dy, Σ dy * (x - mean)) over one plane, dy = grad masked where the ReLU's output was 0
+/// (`gate`: the forward map (scale, shift) when a ReLU followed it).
+fn lane_grad_sums(grad: &[f32], x: &[f32], mean: f32, gate: Option<(f32, f32)>) -> (f32, f32) {
     let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
-    let dy = |g: f32, r: f32| if relu && r <= 0.0 { 0.0 } else { g };
-    let (gc, rc, xc) = (grad.chunks_exact(LANES), res.chunks_exact(LANES), x.chunks_exact(LANES));
-    let tail =
-        gc.remainder().iter().zip(rc.remainder()).zip(xc.remainder()).fold((0f32, 0f32), |(s, t), ((&g, &r), &x)| {
-            let d = dy(g, r);
-            (s + d, t + d * (x - mean))
-        });
-    for ((gc, rc), xc) in gc.zip(rc).zip(xc) {
+    let dy = |g: f32, x: f32| match gate {
+        Some((scale, shift)) if !passes(x, scale, shift) => 0.0,
+        _ => g,
+    };
+    let (gc, xc) = (grad.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail = gc.remainder().iter().zip(xc.remainder()).fold((0f32, 0f32), |(s, t), (&g, &x)| {
+        let d = dy(g, x);
+        (s + d, t + d * (x - mean))
+    });
+    for (gc, xc) in gc.zip(xc) {
         for i in 0..LANES {
-            let d = dy(gc[i], rc[i]);
+            let d = dy(gc[i], xc[i]);
             a[i] += d;
             b[i] += d * (xc[i] - mean);
         }
@@ -272,17 +307,57 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The ReLU's mask is recomputed from x (see `grad_coeffs`).
         let [dx, dw, db] = with_values(x, NAME, |xv| {
             with_values(weight, NAME, |wv| {
-                with_values(res, NAME, |rv| with_values(grad, NAME, |gv| self.backward(x.dims(), xv, wv, rv, gv)))
+                with_values(bias, NAME, |bv| with_values(grad, NAME, |gv| self.backward(x.dims(), xv, wv, bv, gv)))
             })
         })?;
         let dx = x.track_op().then(|| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
         let dw = weight.track_op().then(|| Tensor::from_vec(dw, weight.shape(), weight.device())).transpose()?;
         let db = bias.track_op().then(|| Tensor::from_vec(db, bias.shape(), bias.device())).transpose()?;
         Ok((dx, dw, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two-pass f64 mean and biased variance of channel `ch` of [n, c, hw] values.
+    fn reference(v: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
+        let vals: Vec<f64> = (0..n).flat_map(|s| &v[(s * c + ch) * hw..][..hw]).map(|&x| x as f64).collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        (mean, vals.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / vals.len() as f64)
+    }
+
+    #[test]
+    fn statistics_from_plane_moments_match_two_passes_despite_a_large_offset() {
+        // A large common offset (catastrophic cancellation for unshifted sums) and plane means that
+        // differ between samples (the between-plane part of the variance).
+        let (n, c, hw) = (5, 3, 37);
+        let v: Vec<f32> = (0..n * c * hw)
+            .map(|i| {
+                let (s, ch) = (i / (c * hw), i / hw % c);
+                1000.0 + (s * 3 + ch) as f32 * 0.25 + ((i as f32) * 0.731).sin() * 0.1
+            })
+            .collect();
+        let stats = BatchStats::of_values(&[n, c, hw, 1], &v).unwrap();
+        assert_eq!(stats.count, n * hw);
+        for ch in 0..c {
+            let (mean, var) = reference(&v, n, c, hw, ch);
+            assert!((stats.mean[ch] - mean).abs() < 1e-9 * mean.abs(), "mean of {ch}: {} vs {mean}", stats.mean[ch]);
+            assert!((stats.var[ch] - var).abs() < 1e-5 * var, "variance of {ch}: {} vs {var}", stats.var[ch]);
+        }
+    }
+
+    #[test]
+    fn plane_moments_of_the_wrong_count_are_refused() {
+        let planes = vec![PlaneMoments::of(&[1.0, 2.0]); 5];
+        let err = BatchStats::from_planes(2, 3, &planes).unwrap_err().to_string();
+        assert!(err.contains("5 plane moments for 2 samples of 3 channels"), "{err}");
     }
 }
