@@ -5,8 +5,9 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use wide::f32x8;
 
-use super::storage::{par_planes, slice, with_values};
+use super::storage::{par_chunks_zeroed, par_planes, slice, with_values};
 
 const NAME: &str = "crt-batch-norm";
 
@@ -135,9 +136,9 @@ impl BatchNormTrain {
     ) -> Result<[Vec<f32>; 3]> {
         let (_, c, hw) = dims3(dims)?;
         let coeffs = self.grad_coeffs(dims, x, weight, bias, grad)?;
-        let dx = par_planes(x.len(), hw, |p| {
+        let (dx, _) = par_chunks_zeroed(x.len(), hw, |p, out| {
             let plane = p * hw..(p + 1) * hw;
-            coeffs.plane_values(p % c, &grad[plane.clone()], &x[plane])
+            coeffs.write_plane(p % c, &grad[plane.clone()], &x[plane], out)
         });
         Ok([dx, coeffs.dweight, coeffs.dbias])
     }
@@ -221,38 +222,51 @@ impl BnGrad {
         let pixels = out.len() / c.max(1);
         for (ch, d) in out.chunks_exact_mut(pixels).enumerate() {
             let at = (s * c + ch) * pixels..(s * c + ch + 1) * pixels;
-            let values = self.plane_values(ch, &grad[at.clone()], &x[at]);
-            d.iter_mut().zip(values).for_each(|(d, v)| *d = v);
+            self.write_plane(ch, &grad[at.clone()], &x[at], d);
         }
     }
 
-    /// dx over one plane of channel `ch`, from the output gradient and the input.
-    fn plane_values<'a>(&self, ch: usize, grad: &'a [f32], x: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
-        let (k, relu) = (self.channels[ch], self.relu);
-        grad.iter().zip(x).map(move |(&g, &x)| {
-            let d = if relu && !passes(x, k.scale, k.shift) { 0.0 } else { g };
+    /// dx over one plane of channel `ch` into `out`, from the output gradient and the input.
+    fn write_plane(&self, ch: usize, grad: &[f32], x: &[f32], out: &mut [f32]) {
+        let k = self.channels[ch];
+        let value = |g: f32, x: f32| {
+            let d = if self.relu && !passes(x, k.scale, k.shift) { 0.0 } else { g };
             k.scale * (d - k.mean_dy - (x - k.mean) * k.xhat_coeff)
-        })
+        };
+        let (oc, gc, xc) = (out.chunks_exact_mut(LANES), grad.chunks_exact(LANES), x.chunks_exact(LANES));
+        for ((o, &g), &x) in oc.into_remainder().iter_mut().zip(gc.remainder()).zip(xc.remainder()) {
+            *o = value(g, x);
+        }
+        let v = |f: f32| f32x8::splat(f);
+        let (scale, shift, mean, mean_dy, xhat) = (v(k.scale), v(k.shift), v(k.mean), v(k.mean_dy), v(k.xhat_coeff));
+        for ((o, gc), xc) in out.chunks_exact_mut(LANES).zip(gc).zip(xc) {
+            let (g, x) = (load(gc), load(xc));
+            let d = if self.relu { g & (x * scale + shift).simd_gt(f32x8::ZERO) } else { g };
+            o.copy_from_slice(&(scale * (d - mean_dy - (x - mean) * xhat)).to_array());
+        }
     }
 }
 
-/// Lanes for the reductions: independent partial sums that the compiler can keep in one vector.
+/// Lanes for the reductions: independent partial sums in one vector.
 const LANES: usize = 8;
+
+/// One vector from a chunk of exactly `LANES` values.
+fn load(chunk: &[f32]) -> f32x8 {
+    f32x8::from(<[f32; LANES]>::try_from(chunk).expect("a chunk of LANES values"))
+}
 
 /// (Σ (v - shift), Σ (v - shift)²) over a slice, in `LANES` partial sums.
 fn lane_sums(values: &[f32], shift: f32) -> (f32, f32) {
-    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
     let chunks = values.chunks_exact(LANES);
     let tail =
         chunks.remainder().iter().fold((0f32, 0f32), |(s, q), &v| (s + (v - shift), q + (v - shift) * (v - shift)));
+    let (mut a, mut b, shift) = (f32x8::ZERO, f32x8::ZERO, f32x8::splat(shift));
     for chunk in chunks {
-        for ((a, b), &v) in a.iter_mut().zip(b.iter_mut()).zip(chunk) {
-            let d = v - shift;
-            *a += d;
-            *b += d * d;
-        }
+        let d = load(chunk) - shift;
+        a += d;
+        b += d * d;
     }
-    (a.iter().sum::<f32>() + tail.0, b.iter().sum::<f32>() + tail.1)
+    (a.reduce_add() + tail.0, b.reduce_add() + tail.1)
 }
 
 /// Whether the ReLU after the forward map x * scale + shift let x through (the same expression as
@@ -262,9 +276,9 @@ fn passes(x: f32, scale: f32, shift: f32) -> bool {
 }
 
 /// (Σ dy, Σ dy * (x - mean)) over one plane, dy = grad masked where the ReLU's output was 0
-/// (`gate`: the forward map (scale, shift) when a ReLU followed it).
+/// (`gate`: the forward map (scale, shift) when a ReLU followed it). Explicit vectors: with the
+/// mask, LLVM compiled this loop (6% of a ResNet-20 training step) to scalar code.
 fn lane_grad_sums(grad: &[f32], x: &[f32], mean: f32, gate: Option<(f32, f32)>) -> (f32, f32) {
-    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
     let dy = |g: f32, x: f32| match gate {
         Some((scale, shift)) if !passes(x, scale, shift) => 0.0,
         _ => g,
@@ -274,14 +288,16 @@ fn lane_grad_sums(grad: &[f32], x: &[f32], mean: f32, gate: Option<(f32, f32)>) 
         let d = dy(g, x);
         (s + d, t + d * (x - mean))
     });
+    let (mut a, mut b, mean) = (f32x8::ZERO, f32x8::ZERO, f32x8::splat(mean));
+    let gate = gate.map(|(scale, shift)| (f32x8::splat(scale), f32x8::splat(shift)));
     for (gc, xc) in gc.zip(xc) {
-        for i in 0..LANES {
-            let d = dy(gc[i], xc[i]);
-            a[i] += d;
-            b[i] += d * (xc[i] - mean);
-        }
+        let (g, x) = (load(gc), load(xc));
+        // The same multiply and add as `passes`, lane by lane (no fused multiply-add).
+        let d = gate.map_or(g, |(scale, shift)| g & (x * scale + shift).simd_gt(f32x8::ZERO));
+        a += d;
+        b += d * (x - mean);
     }
-    (a.iter().sum::<f32>() + tail.0, b.iter().sum::<f32>() + tail.1)
+    (a.reduce_add() + tail.0, b.reduce_add() + tail.1)
 }
 
 impl CustomOp3 for BatchNormTrain {
