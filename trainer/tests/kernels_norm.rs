@@ -144,3 +144,62 @@ fn fused_conv_batch_norm_matches_conv_then_candle_nn() {
         }
     }
 }
+
+/// The end of a residual block as one op against candle's conv2d, candle_nn's BatchNorm, an add
+/// and a ReLU: output, running statistics, and the gradients of x, the kernel, the shortcut,
+/// gamma and beta.
+#[test]
+fn fused_residual_end_matches_conv_batch_norm_add_relu() {
+    let mut r = rng(9);
+    for (x_dims, cout, stride) in [([4, 3, 9, 9], 5, 1), ([3, 4, 8, 8], 6, 2), ([2, 8, 4, 4], 8, 1)] {
+        let cin = x_dims[1];
+        let (w, b, m) = (random(&mut r, &[cout]), random(&mut r, &[cout]), random(&mut r, &[cout]));
+        let v = (random(&mut r, &[cout]).abs().unwrap() + 0.5).unwrap();
+        let (ours_map, ours_bn) = batch_norm(cout, &w, &b, &m, &v);
+        let (ref_map, ref_bn) = batch_norm(cout, &w, &b, &m, &v);
+        let kernel = var(&mut r, &[cout, cin, 3, 3]);
+        let cfg = candle_nn::Conv2dConfig { padding: 1, stride, ..Default::default() };
+        let conv = candle_nn::Conv2d::new(kernel.as_tensor().clone(), None, cfg);
+        let x = Var::from_tensor(&random(&mut r, &x_dims).affine(2.0, 0.3).unwrap()).unwrap();
+        let out_hw = (x_dims[2] - 1) / stride + 1;
+        let shortcut = var(&mut r, &[x_dims[0], cout, out_hw, out_hw]);
+
+        let ours = kernels::conv_bn_add_relu(x.as_tensor(), &conv, &ours_bn, shortcut.as_tensor(), true).unwrap();
+        let normed = x.as_tensor().conv2d(kernel.as_tensor(), 1, stride, 1, 1).unwrap().apply_t(&ref_bn, true).unwrap();
+        let want = (normed + shortcut.as_tensor()).unwrap().relu().unwrap();
+        let what = format!("{x_dims:?} -> {cout} s{stride}");
+        assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
+        for name in ["running_mean", "running_var"] {
+            assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-5, &format!("{name} {what}"));
+        }
+
+        let weights = random(&mut r, want.dims());
+        let got = weighted_sum(&ours, &weights).backward().unwrap();
+        let exp = weighted_sum(&want, &weights).backward().unwrap();
+        for (t, name) in [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel"), (shortcut.as_tensor(), "dshortcut")] {
+            assert_close(got.get(t).unwrap(), exp.get(t).unwrap(), 1e-4, &format!("{name} {what}"));
+        }
+        for name in ["weight", "bias"] {
+            let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
+            let (g, e) = (got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap());
+            assert_close(g, e, 1e-4, &format!("d{name} {what}"));
+        }
+    }
+}
+
+#[test]
+fn fused_residual_end_refuses_a_shortcut_of_another_shape() {
+    let mut r = rng(10);
+    let zeros = || Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    let v = (zeros() + 1.0).unwrap();
+    let (_map, bn) = batch_norm(4, &v, &zeros(), &zeros(), &v);
+    let kernel = var(&mut r, &[4, 3, 3, 3]);
+    let conv = candle_nn::Conv2d::new(
+        kernel.as_tensor().clone(),
+        None,
+        candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
+    );
+    let x = random(&mut r, &[2, 3, 6, 6]);
+    let err = kernels::conv_bn_add_relu(&x, &conv, &bn, &random(&mut r, &[2, 4, 5, 6]), true).unwrap_err().to_string();
+    assert!(err.contains("shortcut [2, 4, 5, 6] for an output of [2, 4, 6, 6]"), "{err}");
+}

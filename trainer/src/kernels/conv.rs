@@ -268,11 +268,11 @@ pub fn relu_mask(grad: &Tensor, res: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// dW (or per-thread sums of dWᵀ [patch, cout]) and db [cout].
-type ParamSums = (Vec<f32>, Vec<f32>);
+pub(super) type ParamSums = (Vec<f32>, Vec<f32>);
 
 /// Which parameter gradients the backward pass makes (a bias-free convolution has no db to sum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ParamGrads {
+pub(super) enum ParamGrads {
     None,
     Weight,
     WeightAndBias,
@@ -285,7 +285,7 @@ enum ParamGrads {
 ///   weight: dWᵀ += im2col(X_s) · dY_sᵀ, db += Σ_pixels dY_s
 /// so no activation-sized gradient is written or read back between the steps. Fixed runs of
 /// samples go to the cores by work stealing; each run sums its own dW and db, added in run order.
-fn backward_by_sample(
+pub(super) fn backward_by_sample(
     g: &ConvGeom,
     x: &[f32],
     w: &[f32],

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::conv::Conv2d;
+use super::conv::{backward_by_sample, relu_mask, Conv2d, ParamGrads};
 use super::im2col::ConvGeom;
 use super::norm::{BatchNormTrain, BatchStats};
 use super::storage::{slice, with_values};
@@ -104,5 +104,112 @@ impl CustomOp3 for ConvBnTrain {
         let dgb =
             gb.track_op().then(|| Tensor::from_vec([dgamma, dbeta].concat(), gb.shape(), gb.device())).transpose()?;
         Ok((grads.dx, grads.dw, dgb))
+    }
+}
+
+const ADD_NAME: &str = "crt-conv-bn-add-relu";
+
+/// The end of a residual block as one op: relu(BatchNorm(conv(x)) + shortcut), training mode.
+///
+/// Keeps the block's pre-add tensor out of the graph: candle's autograd would give it a
+/// `zeros_like` + `add` (run on its own thread pair while the kernels' threads wait), and the
+/// separate add + ReLU op its own passes forward and backward. The kernel and the BatchNorm's
+/// gamma and beta come in as one flat tensor (candle's custom ops take at most three inputs).
+pub struct ConvBnAddRelu {
+    conv: Conv2d,
+    kernel: [usize; 4],
+    eps: f64,
+    saved: Mutex<Option<Saved>>,
+    stats: Arc<Mutex<Option<BatchStats>>>,
+}
+
+impl ConvBnAddRelu {
+    /// `kernel`: the convolution's kernel shape [cout, cin, kh, kw].
+    pub fn new(kernel: [usize; 4], stride: usize, pad: usize, eps: f64, tracked: bool) -> Self {
+        let conv = Conv2d::new(stride, pad, false, 1, tracked);
+        ConvBnAddRelu { conv, kernel, eps, saved: Mutex::new(None), stats: Arc::default() }
+    }
+
+    pub fn stats_handle(&self) -> Arc<Mutex<Option<BatchStats>>> {
+        self.stats.clone()
+    }
+
+    /// The flat parameters split into (kernel, gamma, beta).
+    fn split<'a>(&self, params: &'a [f32]) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+        let (cout, wlen) = (self.kernel[0], self.kernel.iter().product::<usize>());
+        if params.len() != wlen + 2 * cout {
+            candle_core::bail!(
+                "{ADD_NAME}: {} parameters for a {:?} kernel and {cout} channels",
+                params.len(),
+                self.kernel
+            )
+        }
+        let (w, gb) = params.split_at(wlen);
+        Ok((w, &gb[..cout], &gb[cout..]))
+    }
+}
+
+impl CustomOp3 for ConvBnAddRelu {
+    fn name(&self) -> &'static str {
+        ADD_NAME
+    }
+
+    /// x [N, cin, H, W], shortcut [N, cout, ho, wo], params = [kernel (flat); gamma; beta].
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(xl.dims(), &self.kernel, self.conv.stride, self.conv.pad)?;
+        let dims = out_dims(&g);
+        if sl.dims() != dims {
+            candle_core::bail!("{ADD_NAME}: shortcut {:?} for an output of {dims:?}", sl.dims())
+        }
+        let (w, gamma, beta) = self.split(slice(ps, pl, ADD_NAME)?)?;
+        let (conv_out, moments) = self.conv.forward_with_moments(&g, slice(xs, xl, ADD_NAME)?, w);
+        let stats = BatchStats::from_planes(g.batch, g.cout, &moments)?;
+        let norm = BatchNormTrain::new(&stats, self.eps, false);
+        let out = norm.forward_add_relu(&dims, &conv_out, gamma, beta, slice(ss, sl, ADD_NAME)?)?;
+        *self.stats.lock().expect("conv-bn lock") = Some(stats);
+        *self.saved.lock().expect("conv-bn lock") = Some(Saved { geom: g, conv_out, norm });
+        Ok((CpuStorage::F32(out), Shape::from(dims.to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        shortcut: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("conv-bn lock");
+        let Some(s) = saved.as_ref() else { candle_core::bail!("{ADD_NAME}: backward pass before the forward pass") };
+        let dims = out_dims(&s.geom);
+        // The gradient behind the final ReLU: the shortcut's gradient, and the BatchNorm's output
+        // gradient (whose own normalization then runs without a mask).
+        let masked = relu_mask(grad, res)?;
+        let need_params = params.track_op();
+        let param_grads = if need_params { ParamGrads::Weight } else { ParamGrads::None };
+        let (dx, dparams) = with_values(params, ADD_NAME, |pv| {
+            let (w, gamma, beta) = self.split(pv)?;
+            let coeffs = s.norm.grad_coeffs(&dims, &s.conv_out, gamma, beta, &masked)?;
+            with_values(x, ADD_NAME, |xv| {
+                let (dx, sums) = backward_by_sample(&s.geom, xv, w, x.track_op(), param_grads, |smp, dy| {
+                    coeffs.write_sample(smp, &masked, &s.conv_out, dy)
+                });
+                let dparams = sums.map(|(dw, _)| [dw, coeffs.dweight.clone(), coeffs.dbias.clone()].concat());
+                Ok((dx, dparams))
+            })
+        })?;
+        let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
+        let dparams = dparams.map(|v| Tensor::from_vec(v, params.shape(), params.device())).transpose()?;
+        let dshortcut =
+            shortcut.track_op().then(|| Tensor::from_vec(masked, shortcut.shape(), shortcut.device())).transpose()?;
+        Ok((dx, dshortcut, dparams))
     }
 }

@@ -135,6 +135,30 @@ fn conv_bn_train(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding:
     Ok(y)
 }
 
+/// relu(`bn`(conv(x)) + shortcut): the end of a residual block, as one op when training on the
+/// CPU (see `conv_bn::ConvBnAddRelu`), else as [`conv_bn`] and [`add_relu`].
+pub fn conv_bn_add_relu(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, shortcut: &Tensor, train: bool) -> Result<Tensor> {
+    let cfg = conv.config();
+    let plain = cfg.dilation != 1 || cfg.groups != 1 || conv.bias().is_some();
+    let affine = trainable_affine(bn).filter(|_| train && !plain && fast(x) && fast(shortcut));
+    let Some((gamma, beta)) = affine else {
+        return add_relu(&conv_bn(x, conv, bn, train, false)?, shortcut);
+    };
+    let w = conv.weight();
+    let kernel: [usize; 4] = w.dims4()?.into();
+    let params = Tensor::cat(&[&w.flatten_all()?, gamma, beta], 0)?;
+    let tracked = x.track_op() || params.track_op() || shortcut.track_op();
+    let op = conv_bn::ConvBnAddRelu::new(kernel, cfg.stride, cfg.padding, bn.eps(), tracked);
+    let stats = op.stats_handle();
+    let y = x.contiguous()?.apply_op3(&shortcut.contiguous()?, &params, op)?;
+    let stats = stats.lock().expect("conv-bn stats").take();
+    update_running_stats(
+        bn,
+        &stats.ok_or_else(|| candle_core::Error::Msg("conv-bn-add: no batch statistics".into()))?,
+    )?;
+    Ok(y)
+}
+
 /// Max-pooling with a k x k window and stride k.
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     if !fast(x) {

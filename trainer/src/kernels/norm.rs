@@ -117,6 +117,31 @@ impl BatchNormTrain {
         }))
     }
 
+    /// relu(y + residual), y being this normalization's output without its own ReLU (which must
+    /// be off): the end of a residual block, in the same pass.
+    pub(super) fn forward_add_relu(
+        &self,
+        dims: &[usize],
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        residual: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (_, c, hw) = dims3(dims)?;
+        if self.relu || weight.len() != c || bias.len() != c || self.mean.len() != c || residual.len() != x.len() {
+            bail!(
+                "{NAME}: residual add of {} values to {} (channels {c}), or a ReLU before it",
+                residual.len(),
+                x.len()
+            )
+        }
+        Ok(par_planes(x.len(), hw, |p| {
+            let (scale, shift) = self.affine(p % c, weight, bias);
+            let at = p * hw..(p + 1) * hw;
+            x[at.clone()].iter().zip(&residual[at]).map(move |(&x, &r)| (x * scale + shift + r).max(0.0))
+        }))
+    }
+
     /// Channel `ch`'s forward map y = x * scale + shift (before the ReLU). One definition for the
     /// forward pass and the backward pass's ReLU mask, so that the mask is bit for bit the
     /// forward pass's.

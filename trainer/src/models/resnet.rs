@@ -53,12 +53,11 @@ impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         // Convolution + BatchNorm (+ ReLU) and the residual add + ReLU run as the crate's CPU kernels.
         let out = kernels::conv_bn(x, &self.conv1, &self.bn1, train, true)?;
-        let out = kernels::conv_bn(&out, &self.conv2, &self.bn2, train, false)?;
         let shortcut = match &self.downsample {
             Some((c, b)) => kernels::conv_bn(x, c, b, train, false)?,
             None => x.clone(),
         };
-        kernels::add_relu(&out, &shortcut)
+        kernels::conv_bn_add_relu(&out, &self.conv2, &self.bn2, &shortcut, train)
     }
 }
 
