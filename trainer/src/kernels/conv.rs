@@ -14,12 +14,12 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::eltwise::relu_masked;
-use super::gemm::{matmul, matmul_strided, View};
+use super::gemm::{matmul, matmul_strided_uninit, View};
 use super::im2col::{col2im_add, im2col_rows, row_blocks, ConvGeom};
 use super::norm::PlaneMoments;
 use super::pool::{pool_plane, unpool_plane};
 use super::scratch::with_buffers;
-use super::storage::{par_chunks_zeroed, slice, with_values, zeroed};
+use super::storage::{as_slots, assume_init, par_chunks_init, slice, with_values, zeroed};
 
 const NAME: &str = "crt-conv2d";
 
@@ -80,7 +80,7 @@ impl Conv2d {
         let record = self.tracked && self.pool > 1;
         let col_len = col_len(g);
         let full_len = if self.pool > 1 { g.out_len() } else { 0 };
-        let sample = |s: usize, o: &mut [f32], am: Option<&mut [u8]>| {
+        let sample = |s: usize, o: &mut [MaybeUninit<f32>], am: Option<&mut [u8]>| {
             with_buffers(col_len, full_len, |col, full| {
                 self.sample_forward(g, &x[s * g.in_len()..][..g.in_len()], w, bias, (col, full), o, am);
             });
@@ -88,50 +88,53 @@ impl Conv2d {
         if record {
             let mut out = vec![0f32; g.batch * out_len];
             let mut argmax = vec![0u8; out.len()];
-            let chunks = out.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len));
+            // SAFETY: the convolution and the pooling write only f32 values into the output.
+            let chunks = unsafe { as_slots(&mut out) }.par_chunks_mut(out_len).zip(argmax.par_chunks_mut(out_len));
             chunks.enumerate().for_each(|(s, (o, am))| sample(s, o, Some(am)));
             *self.argmax.lock().expect("argmax lock") = argmax;
             (out, Vec::new())
         } else {
-            let (out, per_sample) = par_chunks_zeroed(g.batch * out_len, out_len, |s, o| {
-                sample(s, o, None);
+            let (out, per_sample) = par_chunks_init(g.batch * out_len, out_len, |s, slots| {
+                let o = with_buffers(col_len, full_len, |col, full| {
+                    self.sample_forward(g, &x[s * g.in_len()..][..g.in_len()], w, bias, (col, full), slots, None)
+                });
                 let planes = o.chunks_exact(out_len / g.cout.max(1));
-                if moments {
-                    planes.map(PlaneMoments::of).collect()
-                } else {
-                    Vec::new()
-                }
+                let m = if moments { planes.map(PlaneMoments::of).collect() } else { Vec::new() };
+                (o, m)
             });
             (out, per_sample.concat())
         }
     }
 
     /// One sample: gemm into the output (or a scratch plane set when pooling), bias and ReLU,
-    /// then the pooling.
+    /// then the pooling. Hands back the output, all of it written.
     #[allow(clippy::too_many_arguments)]
-    fn sample_forward(
+    fn sample_forward<'o>(
         &self,
         g: &ConvGeom,
         xs: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
         (col, full): (&mut [f32], &mut [f32]),
-        out: &mut [f32],
+        out: &'o mut [MaybeUninit<f32>],
         argmax: Option<&mut [u8]>,
-    ) {
+    ) -> &'o mut [f32] {
         if self.pool == 1 {
-            conv_sample(g, xs, w, col, out);
+            let out = conv_sample(g, xs, w, col, out);
             epilogue(out, g.pixels(), bias, self.relu);
-            return;
+            return out;
         }
-        conv_sample(g, xs, w, col, full);
+        // SAFETY: the convolution writes only f32 values into the scratch planes.
+        let full = conv_sample(g, xs, w, col, unsafe { as_slots(full) });
         epilogue(full, g.pixels(), bias, self.relu);
+        let out = zeroed(out);
         let (k, plane) = (self.pool, (g.ho / self.pool) * (g.wo / self.pool));
         let mut argmax = argmax;
         for c in 0..g.cout {
             let am = argmax.as_deref_mut().map(|a| &mut a[c * plane..][..plane]);
             pool_plane(k, g.ho, g.wo, &full[c * g.pixels()..][..g.pixels()], &mut out[c * plane..][..plane], am);
         }
+        out
     }
 
     /// Gradients of x, w and the bias, each only when asked for. Each sample's gradient of the
@@ -234,17 +237,31 @@ const WEIGHT_GRAD_BLOCK: usize = 256;
 
 /// One sample's convolution y [cout, pixels] = W · im2col(x), a block of output rows at a time
 /// (see [`row_blocks`]); a pointwise convolution multiplies the sample itself.
-fn conv_sample(g: &ConvGeom, xs: &[f32], w: &[f32], col: &mut [f32], y: &mut [f32]) {
+/// The product is written into `y` without zeroing it first, and `y` is handed back whole.
+fn conv_sample<'y>(
+    g: &ConvGeom,
+    xs: &[f32],
+    w: &[f32],
+    col: &mut [f32],
+    y: &'y mut [MaybeUninit<f32>],
+) -> &'y mut [f32] {
     let kernel = View::row_major(w, g.cout, g.patch());
+    let y = &mut y[..g.out_len()];
     if g.is_pointwise() {
-        return matmul(y, kernel, View::row_major(xs, g.patch(), g.pixels()), false);
+        matmul_strided_uninit(y, g.pixels(), kernel, View::row_major(xs, g.patch(), g.pixels()));
+    } else {
+        for rows in row_blocks(g, FORWARD_BLOCK) {
+            let n = rows.len() * g.wo;
+            let col = &mut col[..g.patch() * n];
+            im2col_rows(g, xs, col, rows.clone());
+            let block = View::row_major(col, g.patch(), n);
+            matmul_strided_uninit(&mut y[rows.start * g.wo..], g.pixels(), kernel, block);
+        }
     }
-    for rows in row_blocks(g, FORWARD_BLOCK) {
-        let n = rows.len() * g.wo;
-        let col = &mut col[..g.patch() * n];
-        im2col_rows(g, xs, col, rows.clone());
-        matmul_strided(&mut y[rows.start * g.wo..], g.pixels(), kernel, View::row_major(col, g.patch(), n), false);
-    }
+    // SAFETY: the pointwise product is y's cout x pixels values; otherwise the row blocks cover
+    // the output rows back to back (`row_blocks`), and each product wrote its block's columns of
+    // every output channel.
+    unsafe { assume_init(y) }
 }
 
 /// Adds the bias per channel and clamps at zero, in one pass over a sample's output.
@@ -319,7 +336,7 @@ pub(super) fn backward_by_sample(
                 with_buffers(col_len, g.out_len(), |col, dy| {
                     dy_of(s, dy);
                     if let Some(part) = dx_part.take() {
-                        sample_input_grad(g, w, flipped.as_deref(), dy, zeroed(part), col);
+                        sample_input_grad(g, w, flipped.as_deref(), dy, part, col);
                     }
                     if need_params {
                         let (dw_t, db) = sums.get_or_insert_with(|| (vec![0f32; dw_len], vec![0f32; db_len]));
@@ -336,8 +353,8 @@ pub(super) fn backward_by_sample(
         (dw, db)
     });
     let dx = need_dx.then(|| {
-        // SAFETY: every sample's part of the first `dx_len` elements was zeroed and written in the
-        // parallel loop above (a panic there propagates before this line).
+        // SAFETY: every sample's part of the first `dx_len` elements was written whole by
+        // `sample_input_grad` in the parallel loop above (a panic there propagates before this line).
         unsafe { dx.set_len(dx_len) };
         dx
     });
@@ -376,21 +393,32 @@ fn flipped_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     flipped
 }
 
-/// One sample's input gradient into `dx` (zeroed). The input gradient of a stride-1 convolution
+/// One sample's input gradient, written whole into `dx` and handed back. The input gradient of a stride-1 convolution
 /// with "same" padding is itself such a convolution, dX = conv(dY, W') with the `flipped` kernel:
 /// as a forward pass it multiplies by im2col(dY) with an inner dimension of cout·k² instead of
 /// writing a cin·k² x pixels matrix from an inner dimension of cout and scattering it back with
 /// col2im (measured ~5% of a ResNet-20 training step on 2 cores).
-fn sample_input_grad(g: &ConvGeom, w: &[f32], flipped: Option<&[f32]>, dy: &[f32], dx: &mut [f32], col: &mut [f32]) {
+fn sample_input_grad<'d>(
+    g: &ConvGeom,
+    w: &[f32],
+    flipped: Option<&[f32]>,
+    dy: &[f32],
+    dx: &'d mut [MaybeUninit<f32>],
+    col: &mut [f32],
+) -> &'d mut [f32] {
     let dy_view = View::row_major(dy, g.cout, g.pixels());
     if let Some(flipped) = flipped {
-        conv_sample(&input_grad_geom(g), dy, flipped, col, dx);
+        conv_sample(&input_grad_geom(g), dy, flipped, col, dx)
     } else if g.is_pointwise() {
-        matmul(dx, View::row_major(w, g.cout, g.patch()).t(), dy_view, false);
+        let dx = &mut dx[..g.in_len()];
+        matmul_strided_uninit(dx, g.pixels(), View::row_major(w, g.cout, g.patch()).t(), dy_view);
+        // SAFETY: the product is cin x pixels values, all of dx.
+        unsafe { assume_init(dx) }
     } else {
-        let col = &mut col[..g.patch() * g.pixels()];
+        let (col, dx) = (&mut col[..g.patch() * g.pixels()], zeroed(dx));
         matmul(col, View::row_major(w, g.cout, g.patch()).t(), dy_view, false);
         col2im_add(g, col, dx);
+        dx
     }
 }
 

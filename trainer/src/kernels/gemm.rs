@@ -2,6 +2,8 @@
 //! kernels: strided views of slices, bounds checked once, single-threaded because the callers
 //! already spread whole samples over the cores.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 
 /// A read-only matrix inside a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
@@ -47,28 +49,56 @@ pub fn matmul(c: &mut [f32], a: View, b: View, accumulate: bool) {
 
 /// [`matmul`] into a `c` whose rows start `c_row_stride` apart.
 pub fn matmul_strided(c: &mut [f32], c_row_stride: usize, a: View, b: View, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "matmul: inner dimensions differ");
+    check(c.len(), c_row_stride, a, b);
+    // SAFETY: `check` keeps every element gemm reads or writes inside the slices; `c` is
+    // exclusively borrowed and initialized (read when accumulating).
+    unsafe { gemm_into(c.as_mut_ptr(), c_row_stride, a, b, accumulate) }
+}
+
+/// `c = a · b` into memory that may be uninitialized (outputs that would otherwise be zeroed
+/// first only to be overwritten): gemm does not read its output when not accumulating. Every
+/// element `(i, j)` of the product, at `i * c_row_stride + j`, is written.
+pub fn matmul_strided_uninit(c: &mut [MaybeUninit<f32>], c_row_stride: usize, a: View, b: View) {
+    check(c.len(), c_row_stride, a, b);
+    // SAFETY: as in `matmul_strided`; MaybeUninit<f32> has f32's layout, and without
+    // accumulation gemm (alpha = 0) and the k = 0 path only write the output.
+    unsafe { gemm_into(c.as_mut_ptr().cast(), c_row_stride, a, b, false) }
+}
+
+/// The shape and bounds checks shared by both entry points.
+fn check(c_len: usize, c_row_stride: usize, a: View, b: View) {
+    let (m, n) = (a.rows, b.cols);
+    assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert!(a.in_bounds() && b.in_bounds(), "matmul: operand view out of bounds");
     assert!(c_row_stride >= n, "matmul: output rows overlap");
-    assert!(m == 0 || n == 0 || c.len() >= (m - 1) * c_row_stride + n, "matmul: output slice too short");
+    assert!(m == 0 || n == 0 || c_len >= (m - 1) * c_row_stride + n, "matmul: output slice too short");
+}
+
+/// # Safety
+/// `c` must point to at least `(a.rows - 1) * c_row_stride + b.cols` writable f32s (initialized
+/// when `accumulate`), and the views must be in bounds (see [`check`]).
+unsafe fn gemm_into(c: *mut f32, c_row_stride: usize, a: View, b: View, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c.chunks_mut(c_row_stride).take(m).for_each(|row| row[..n].fill(0.0));
+            for i in 0..m {
+                // SAFETY: row i's n elements lie inside c (see the function's contract).
+                unsafe { std::ptr::write_bytes(c.add(i * c_row_stride), 0, n) };
+            }
         }
         return;
     }
-    // SAFETY: the asserts above keep every element gemm reads or writes inside the three slices
-    // (`c` is exclusively borrowed), and the strides are those of the views.
+    // SAFETY: the contract keeps every element gemm reads or writes inside the three buffers, and
+    // the strides are those of the views.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             c_row_stride as isize,
             accumulate,

@@ -45,8 +45,27 @@ pub fn zeroed(slots: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for slot in slots.iter_mut() {
         slot.write(0.0);
     }
-    // SAFETY: every element was just written, and MaybeUninit<f32> has f32's layout.
+    // SAFETY: every element was just written.
+    unsafe { assume_init(slots) }
+}
+
+/// Slots as the values they hold.
+///
+/// # Safety
+/// Every element of `slots` must have been written.
+pub unsafe fn assume_init(slots: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches that all are initialized.
     unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Initialized values viewed as slots, for code that writes through slots.
+///
+/// # Safety
+/// Only initialized values may be written through the result (never `MaybeUninit::uninit()`):
+/// the values are read as f32 afterwards.
+pub unsafe fn as_slots(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller keeps every element initialized.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// A vector of `len` values written `chunk` at a time in parallel by `fill(i, chunk_i)`, and what
@@ -59,14 +78,36 @@ pub fn par_chunks_zeroed<R: Send>(
     chunk: usize,
     fill: impl Fn(usize, &mut [f32]) -> R + Sync,
 ) -> (Vec<f32>, Vec<R>) {
+    par_chunks_init(len, chunk, |i, slots| {
+        let values = zeroed(slots);
+        let r = fill(i, values);
+        (values, r)
+    })
+}
+
+/// A vector of `len` values whose chunks (`chunk` values each, the last may be shorter) are
+/// written in parallel by `fill(i, slots_i)`, which hands back its chunk as initialized values
+/// (the proof that it wrote all of it: only a write, or unsafe code that vouches for one, turns
+/// the slots into values) and a result; the results come back in chunk order. For outputs
+/// that a gemm overwrites whole, this skips the zeroing pass.
+pub fn par_chunks_init<R: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl for<'a> Fn(usize, &'a mut [MaybeUninit<f32>]) -> (&'a mut [f32], R) + Sync,
+) -> (Vec<f32>, Vec<R>) {
     let mut out = Vec::with_capacity(len);
-    let results = out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .map(|(i, slots)| fill(i, zeroed(slots)));
+    let results = out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map(|(i, slots)| {
+        let (start, n) = (slots.as_ptr() as usize, slots.len());
+        let (values, r) = fill(i, slots);
+        assert!(
+            values.as_ptr() as usize == start && values.len() == n,
+            "par_chunks_init: chunk {i} handed back another slice"
+        );
+        r
+    });
     let results = results.collect();
-    // SAFETY: every chunk was zeroed before its `fill` ran (a panic propagates out of the parallel
-    // loop before this line), so the first `len` elements are initialized.
+    // SAFETY: every chunk was handed back as initialized values covering exactly that chunk
+    // (asserted; a panic propagates out of the parallel loop before this line).
     unsafe { out.set_len(len) };
     (out, results)
 }
@@ -95,5 +136,19 @@ mod tests {
             c.len() * 10 + i
         });
         assert_eq!((v, sums), (vec![0.0, 0.0, 1.0, 1.0, 2.0], vec![20, 21, 12]));
+    }
+
+    #[test]
+    fn initialized_chunks_must_be_handed_back_whole() {
+        let (v, lens) = par_chunks_init(5, 2, |i, slots| {
+            let n = slots.len();
+            let values = zeroed(slots);
+            values.fill(i as f32 + 0.5);
+            (values, n)
+        });
+        assert_eq!((v, lens), (vec![0.5, 0.5, 1.5, 1.5, 2.5], vec![2, 2, 1]));
+        // Handing back only part of a chunk (the rest never written) is refused.
+        let part = std::panic::catch_unwind(|| par_chunks_init(4, 2, |_, slots| (&mut zeroed(slots)[..1], ())));
+        assert!(part.is_err());
     }
 }
