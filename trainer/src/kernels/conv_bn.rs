@@ -1,4 +1,5 @@
-//! A bias-free convolution followed by training-mode batch normalization (+ ReLU), as one op.
+//! A bias-free convolution followed by training-mode batch normalization (+ ReLU), as one op;
+//! and the same with a residual add before the ReLU (the end of a ResNet block).
 //!
 //! Fused for the backward pass more than the forward: candle's autograd materializes every
 //! intermediate gradient as `zeros_like` + `add` (three extra passes over an activation-sized
