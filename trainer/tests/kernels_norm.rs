@@ -126,22 +126,8 @@ fn fused_conv_batch_norm_matches_conv_then_candle_nn() {
         let want = x.as_tensor().conv2d(kernel.as_tensor(), pad, stride, 1, 1).unwrap().apply_t(&ref_bn, true).unwrap();
         let want = if relu { want.relu().unwrap() } else { want };
         let what = format!("{x_dims:?} -> {cout} k{k} s{stride} p{pad} relu {relu}");
-        assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
-        for name in ["running_mean", "running_var"] {
-            assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-5, &format!("{name} {what}"));
-        }
-
-        let weights = random(&mut r, want.dims());
-        let got = weighted_sum(&ours, &weights).backward().unwrap();
-        let exp = weighted_sum(&want, &weights).backward().unwrap();
-        for (t, name) in [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel")] {
-            assert_close(got.get(t).unwrap(), exp.get(t).unwrap(), 1e-4, &format!("{name} {what}"));
-        }
-        for name in ["weight", "bias"] {
-            let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
-            let (g, e) = (got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap());
-            assert_close(g, e, 1e-4, &format!("d{name} {what}"));
-        }
+        let inputs = [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel")];
+        assert_same_training(&mut r, (&ours, &ours_map), (&want, &ref_map), &inputs, &what);
     }
 }
 
@@ -168,22 +154,34 @@ fn fused_residual_end_matches_conv_batch_norm_add_relu() {
         let normed = x.as_tensor().conv2d(kernel.as_tensor(), 1, stride, 1, 1).unwrap().apply_t(&ref_bn, true).unwrap();
         let want = (normed + shortcut.as_tensor()).unwrap().relu().unwrap();
         let what = format!("{x_dims:?} -> {cout} s{stride}");
-        assert_close(&ours, &want, 1e-5, &format!("forward {what}"));
-        for name in ["running_mean", "running_var"] {
-            assert_close(&stat(&ours_map, name), &stat(&ref_map, name), 1e-5, &format!("{name} {what}"));
-        }
+        let inputs = [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel"), (shortcut.as_tensor(), "dshortcut")];
+        assert_same_training(&mut r, (&ours, &ours_map), (&want, &ref_map), &inputs, &what);
+    }
+}
 
-        let weights = random(&mut r, want.dims());
-        let got = weighted_sum(&ours, &weights).backward().unwrap();
-        let exp = weighted_sum(&want, &weights).backward().unwrap();
-        for (t, name) in [(x.as_tensor(), "dx"), (kernel.as_tensor(), "dkernel"), (shortcut.as_tensor(), "dshortcut")] {
-            assert_close(got.get(t).unwrap(), exp.get(t).unwrap(), 1e-4, &format!("{name} {what}"));
-        }
-        for name in ["weight", "bias"] {
-            let (pv, rv) = (param(&ours_map, name), param(&ref_map, name));
-            let (g, e) = (got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap());
-            assert_close(g, e, 1e-4, &format!("d{name} {what}"));
-        }
+/// A fused training op's output, running statistics, and the gradients of `inputs` and of the
+/// BatchNorm's weight and bias against the reference's (each output with its BatchNorm's VarMap).
+fn assert_same_training(
+    r: &mut rand::rngs::StdRng,
+    (ours, ours_map): (&Tensor, &VarMap),
+    (want, ref_map): (&Tensor, &VarMap),
+    inputs: &[(&Tensor, &str)],
+    what: &str,
+) {
+    assert_close(ours, want, 1e-5, &format!("forward {what}"));
+    for name in ["running_mean", "running_var"] {
+        assert_close(&stat(ours_map, name), &stat(ref_map, name), 1e-5, &format!("{name} {what}"));
+    }
+    let weights = random(r, want.dims());
+    let got = weighted_sum(ours, &weights).backward().unwrap();
+    let exp = weighted_sum(want, &weights).backward().unwrap();
+    for (t, name) in inputs {
+        assert_close(got.get(t).unwrap(), exp.get(t).unwrap(), 1e-4, &format!("{name} {what}"));
+    }
+    for name in ["weight", "bias"] {
+        let (pv, rv) = (param(ours_map, name), param(ref_map, name));
+        let (g, e) = (got.get(pv.as_tensor()).unwrap(), exp.get(rv.as_tensor()).unwrap());
+        assert_close(g, e, 1e-4, &format!("d{name} {what}"));
     }
 }
 

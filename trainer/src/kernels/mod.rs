@@ -130,9 +130,14 @@ fn conv_bn_train(x: &Tensor, w: &Tensor, bn: &BatchNorm, stride: usize, padding:
     let stats = op.stats_handle();
     let gb = Tensor::cat(&[gamma, beta], 0)?;
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
-    let stats = stats.lock().expect("conv-bn stats").take();
-    update_running_stats(bn, &stats.ok_or_else(|| candle_core::Error::Msg("conv-bn: no batch statistics".into()))?)?;
+    update_from_fused(bn, &stats)?;
     Ok(y)
+}
+
+/// The running-statistics update from the batch statistics a fused op left during its forward pass.
+fn update_from_fused(bn: &BatchNorm, stats: &std::sync::Mutex<Option<BatchStats>>) -> Result<()> {
+    let stats = stats.lock().expect("conv-bn stats").take();
+    update_running_stats(bn, &stats.ok_or_else(|| candle_core::Error::Msg("conv-bn: no batch statistics".into()))?)
 }
 
 /// relu(`bn`(conv(x)) + shortcut): the end of a residual block, as one op when training on the
@@ -151,11 +156,7 @@ pub fn conv_bn_add_relu(x: &Tensor, conv: &Conv2d, bn: &BatchNorm, shortcut: &Te
     let op = conv_bn::ConvBnAddRelu::new(kernel, cfg.stride, cfg.padding, bn.eps(), tracked);
     let stats = op.stats_handle();
     let y = x.contiguous()?.apply_op3(&shortcut.contiguous()?, &params, op)?;
-    let stats = stats.lock().expect("conv-bn stats").take();
-    update_running_stats(
-        bn,
-        &stats.ok_or_else(|| candle_core::Error::Msg("conv-bn-add: no batch statistics".into()))?,
-    )?;
+    update_from_fused(bn, &stats)?;
     Ok(y)
 }
 
