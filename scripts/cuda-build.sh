@@ -38,10 +38,11 @@ CUDNN_PIN=nvidia-cudnn-cu13==9.13.0.50
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-# pip is a no-op when the pinned versions are already there.
-"$VENV/bin/pip" install --quiet "${PINS[@]}"
+# pip is a no-op when the pinned versions are already there. No pip cache: it would hold a second
+# copy of ~1 GB of wheels.
+"$VENV/bin/pip" install --quiet --no-cache-dir "${PINS[@]}"
 if [ "$FEATURES" = cudnn ]; then
-  "$VENV/bin/pip" install --quiet --no-deps "$CUDNN_PIN"
+  "$VENV/bin/pip" install --quiet --no-cache-dir --no-deps "$CUDNN_PIN"
 fi
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
