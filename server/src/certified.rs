@@ -39,7 +39,8 @@ pub fn summarize(certs: &[Certificate], radii: &[f64]) -> CertSummary {
     let certified = |r: f64| {
         certs.iter().filter(|c| c.correct && c.radius.unwrap_or(0.0) >= r && (r == 0.0 || c.radius.is_some())).count()
     };
-    let radius_sum: f64 = certs.iter().filter(|c| c.correct).filter_map(|c| c.radius).sum();
+    // `0.0 +`: Rust's sum of no f64 is -0.0, which would reach users as an ACR of "-0".
+    let radius_sum: f64 = 0.0 + certs.iter().filter(|c| c.correct).filter_map(|c| c.radius).sum::<f64>();
     CertSummary {
         n,
         accuracy: frac(certs.iter().filter(|c| c.correct).count()),
@@ -76,6 +77,13 @@ mod tests {
         assert!((s.acr - 1.5 / 4.0).abs() < 1e-12);
         let acc: Vec<f64> = s.radii.iter().map(|r| r.certified_accuracy).collect();
         assert_eq!(acc, vec![0.5, 0.5, 0.25, 0.25, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn no_correct_image_gives_a_positive_zero_acr() {
+        let s = summarize(&[cert(0, false, 3, 0.9), cert(1, false, -1, 0.0)], &[0.0]);
+        assert_eq!(s.acr, 0.0);
+        assert!(s.acr.is_sign_positive(), "ACR {:?}", s.acr);
     }
 
     #[test]

@@ -42,6 +42,8 @@ export class ChartSlot {
     }
     // How many x values are drawn: lets a reader (or a browser test) see the chart grow.
     this.container.dataset.points = String(data[0].length);
+    // The drawn values themselves, so a browser test can check what the chart shows.
+    this.container.chartData = data;
     const signature = JSON.stringify(spec);
     if (this.plot && signature === this.signature) {
       this.plot.setData(data);

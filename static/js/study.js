@@ -3,6 +3,7 @@
 
 import { api, pageData } from './api.js';
 import { ChartSlot, PALETTE } from './charts.js';
+import { CertStore, radiusGrid } from './metrics.js';
 import { showError, clearErrors, busy } from './forms.js';
 
 /** Sized to finish in a few minutes on a laptop CPU: a LeNet teacher trained with Gaussian
@@ -109,36 +110,49 @@ function drawTable(table) {
   document.getElementById('study-state').textContent = table.done ? 'all runs ended' : 'running…';
 }
 
-/** Certified accuracy at x: the step curve's value at the largest radius ≤ x. */
-function stepAt(points, x) {
-  let value = null;
-  for (const [r, acc] of points) if (r <= x + 1e-9) value = acc;
-  return x > points[points.length - 1][0] + 1e-9 ? null : value;
+/** Per-image certificates of each finished certification, by certify run id: the chart draws
+ * the exact curve from them (as the compare page does), not a line between the summary's radii. */
+const certsByRun = new Map();
+
+async function loadCerts(rows) {
+  const wanted = rows.filter((r) => r.certify_run !== null && r.certify_status === 'finished' && !certsByRun.has(r.certify_run));
+  await Promise.all(
+    wanted.map(async (r) => {
+      const store = new CertStore();
+      for (const c of await api('GET', `/runs/${r.certify_run}/certificates?limit=100000`)) store.add(c);
+      certsByRun.set(r.certify_run, store);
+    }),
+  );
 }
 
 function drawChart(slot, table) {
-  const curves = table.curves.filter((c) => c.points.length > 0);
-  document.getElementById('study-chart-empty').hidden = curves.length > 0;
-  if (curves.length === 0) return;
-  const xs = [...new Set(curves.flatMap((c) => c.points.map((p) => p[0])))].sort((a, b) => a - b);
-  const data = [xs, ...curves.map((c) => xs.map((x) => stepAt(c.points, x)))];
-  const series = curves.map((c, i) => ({ label: c.role, color: PALETTE[i % PALETTE.length], dash: c.role.startsWith('baseline/') ? [6, 4] : undefined }));
-  slot.render({ series, xLabel: 'radius', yLabel: 'certified accuracy', percent: true, yRange: [0, 1] }, data);
+  const shown = table.rows.filter((r) => certsByRun.has(r.certify_run) && certsByRun.get(r.certify_run).size > 0);
+  document.getElementById('study-chart-empty').hidden = shown.length > 0;
+  if (shown.length === 0) return;
+  const stores = shown.map((r) => certsByRun.get(r.certify_run));
+  const xs = radiusGrid(Math.max(...stores.map((s) => s.maxRadius())));
+  const series = shown.map((r) => ({
+    label: r.role,
+    color: PALETTE[table.rows.indexOf(r) % PALETTE.length],
+    dash: r.role.startsWith('baseline/') ? [6, 4] : undefined,
+  }));
+  slot.render({ series, xLabel: 'L2 radius', yLabel: 'certified accuracy', percent: true, yRange: [0, 1] }, [xs, ...stores.map((s) => s.curve(xs))]);
 }
 
 function setupStudy(initial) {
   const slot = new ChartSlot(document.getElementById('study-chart'), 300);
-  const draw = (table) => {
+  const draw = async (table) => {
     drawTable(table);
+    await loadCerts(table.rows);
     drawChart(slot, table);
   };
-  draw(initial);
+  draw(initial).catch((e) => console.error(e));
   let pending = false;
   const refresh = async () => {
     if (pending) return;
     pending = true;
     try {
-      draw(await api('GET', `/studies/${initial.experiment_id}`));
+      await draw(await api('GET', `/studies/${initial.experiment_id}`));
     } finally {
       pending = false;
     }

@@ -92,6 +92,15 @@ fn certified_accuracy_curve_and_acr() {
 }
 
 #[test]
+fn no_correct_image_gives_a_positive_zero_acr() {
+    let params = Smoothing { sigma: 0.5, n0: 100, n: 100_000, alpha: 0.001, batch: 1000, seed: 0 };
+    let s = CertifySummary::new(&[cert(0, 3, 1, 0.4), cert(1, 2, -1, 0.0)], &params, 1.0);
+    assert_eq!(s.correct, 0);
+    assert!(s.acr == 0.0 && s.acr.is_sign_positive(), "ACR {:?}", s.acr);
+    assert!(s.metrics()["acr"].is_sign_positive());
+}
+
+#[test]
 fn radius_grid_stops_at_the_certifiable_maximum() {
     assert_eq!(radius_grid(0.0).collect::<Vec<_>>(), [0.0]);
     assert_eq!(radius_grid(0.74).collect::<Vec<_>>(), [0.0, 0.25, 0.5]);

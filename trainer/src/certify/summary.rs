@@ -54,7 +54,8 @@ impl CertifySummary {
             })
             .collect();
         let correct = certificates.iter().filter(|c| c.correct).count();
-        let radius_sum: f64 = certificates.iter().filter(|c| c.correct).map(radius_of).sum();
+        // `0.0 +`: Rust's sum of no f64 is -0.0, which would reach users as an ACR of "-0".
+        let radius_sum: f64 = 0.0 + certificates.iter().filter(|c| c.correct).map(radius_of).sum::<f64>();
         CertifySummary {
             images,
             correct,
