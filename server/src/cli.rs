@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::devices::Device;
+use crate::launch::slurm::SlurmResources;
+use crate::launch::BackendKind;
 
 /// CRT Lab server: experiments, runs, trainer supervision and live streaming.
 #[derive(Debug, Clone, Parser)]
@@ -41,6 +43,35 @@ pub struct Cli {
     /// Seconds a stopping trainer gets to write its checkpoint before SIGKILL.
     #[arg(long, default_value_t = 30)]
     pub stop_grace_secs: u64,
+    /// Where runs execute unless a run names its own backend: `local` (process groups on this
+    /// machine) or `slurm` (batch jobs through sbatch; the runs directory must be shared with
+    /// the nodes).
+    #[arg(long, env = "CRT_BACKEND", value_enum, default_value = "local")]
+    pub backend: BackendKind,
+    /// Where run directories live (default: <data-dir>/runs). With Slurm, a path the compute
+    /// nodes see at the same place (a shared filesystem).
+    #[arg(long, env = "CRT_RUNS_DIR")]
+    pub runs_dir: Option<PathBuf>,
+    /// What SIGINT/SIGTERM to the server does to running trainers: `detach` (they go on, and a
+    /// restarted server catches up with them) or `stop` (they are stopped, resumable, and the
+    /// server waits for them: for a laptop).
+    #[arg(long, value_enum, default_value = "detach")]
+    pub on_exit: OnExit,
+    /// Default Slurm partition for runs that name none.
+    #[arg(long, env = "CRT_SLURM_PARTITION")]
+    pub slurm_partition: Option<String>,
+    /// Default CPUs per Slurm job (--cpus-per-task).
+    #[arg(long)]
+    pub slurm_cpus: Option<u32>,
+    /// Default memory per Slurm job, in MB (--mem).
+    #[arg(long)]
+    pub slurm_mem_mb: Option<u64>,
+    /// Default Slurm time limit in minutes (--time).
+    #[arg(long)]
+    pub slurm_time_min: Option<u32>,
+    /// Extra sbatch argument for every Slurm job (repeatable), e.g. --slurm-extra-arg=--account=lab.
+    #[arg(long = "slurm-extra-arg", allow_hyphen_values = true)]
+    pub slurm_extra_args: Vec<String>,
     /// Static files served under /static.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))]
     pub static_dir: PathBuf,
@@ -60,12 +91,36 @@ pub struct Settings {
     pub nvidia_smi: PathBuf,
     pub stop_grace: Duration,
     pub static_dir: PathBuf,
+    pub backend: BackendKind,
+    pub on_exit: OnExit,
+    /// Slurm resources for runs that give none (field by field).
+    pub slurm_defaults: SlurmResources,
+}
+
+/// What the server does to running trainers when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    Detach,
+    Stop,
 }
 
 impl Settings {
     pub fn from_cli(cli: Cli) -> anyhow::Result<Settings> {
         let data_dir = make_dir(&cli.data_dir, "--data-dir")?;
-        let runs_dir = make_dir(&data_dir.join("runs"), "<data-dir>/runs")?;
+        let runs_dir = match &cli.runs_dir {
+            Some(dir) => make_dir(dir, "--runs-dir")?,
+            None => make_dir(&data_dir.join("runs"), "<data-dir>/runs")?,
+        };
+        check_writable(&runs_dir)?;
+        let slurm_defaults = SlurmResources {
+            partition: cli.slurm_partition.clone(),
+            cpus: cli.slurm_cpus,
+            mem_mb: cli.slurm_mem_mb,
+            time_limit_min: cli.slurm_time_min,
+            gpus: None,
+            extra_args: cli.slurm_extra_args.clone(),
+        };
+        slurm_defaults.validate().map_err(|(field, msg)| anyhow::anyhow!("--slurm-{field}: {msg}"))?;
         let datasets_dir = make_dir(&cli.datasets_dir.unwrap_or_else(|| data_dir.join("datasets")), "--datasets-dir")?;
         let database_url = match cli.database_url {
             Some(url) => url,
@@ -87,6 +142,9 @@ impl Settings {
             nvidia_smi: cli.nvidia_smi,
             stop_grace: Duration::from_secs(cli.stop_grace_secs),
             static_dir: cli.static_dir,
+            backend: cli.backend,
+            on_exit: cli.on_exit,
+            slurm_defaults,
         })
     }
 
@@ -102,6 +160,15 @@ impl Settings {
     pub fn run_dir(&self, run_id: i64) -> PathBuf {
         self.runs_dir.join(run_id.to_string())
     }
+}
+
+/// The runs directory must take new files (with Slurm, from the nodes too: only this side can
+/// be checked here).
+fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").with_context(|| format!("the runs directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 fn make_dir(path: &Path, flag: &str) -> anyhow::Result<PathBuf> {

@@ -6,9 +6,9 @@ pub mod cli;
 pub mod devices;
 pub mod downsample;
 pub mod http;
-pub mod ingest;
 pub mod launch;
 pub mod logging;
+pub mod record;
 pub mod runs;
 pub mod store;
 pub mod study;
@@ -25,7 +25,8 @@ use crate::http::AppState;
 use crate::runs::RunManager;
 use crate::store::Store;
 
-/// Runs the server until SIGINT or SIGTERM; running trainers are then stopped (resumable).
+/// Runs the server until SIGINT or SIGTERM; running trainers then go on (`--on-exit detach`, a
+/// restarted server catches up with them) or are stopped, resumable (`--on-exit stop`).
 pub async fn serve(cli: Cli) -> anyhow::Result<()> {
     let settings = Arc::new(Settings::from_cli(cli)?);
     let store = Store::open(&settings.database_url).await?;
@@ -58,7 +59,7 @@ pub async fn serve(cli: Cli) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
-            tracing::info!("shutting down: stopping running trainers");
+            tracing::info!("shutting down");
             on_signal.cancel();
         })
         .await?;

@@ -207,6 +207,8 @@ async fn create_runs(
         parents,
         config,
         device: None,
+        backend: None,
+        slurm: None,
     };
     let teacher = manager.create(add("teacher".into(), vec![], req.train_config(req.teacher.arch))).await?.id;
     created.insert("teacher".into(), teacher);

@@ -48,10 +48,18 @@ fn fake_nvidia_smi(dir: &Path) -> PathBuf {
 }
 
 /// A trainer that writes `<label> <its arguments> CUDA_DEVICE_ORDER=…` to `argv.txt` in its
-/// working directory (the run's), waits until `release` exists, then fails with status 3.
+/// working directory (the run's), waits until `release` exists, then fails with status 3. As
+/// `supervise` (how the server starts it) it runs the command after `--` and writes the exit
+/// record as the real supervisor does.
 fn fake_trainer(dir: &Path, label: &str, release: &Path) -> PathBuf {
     let body = format!(
-        "echo \"{label} $* CUDA_DEVICE_ORDER=${{CUDA_DEVICE_ORDER:-unset}}\" > argv.txt\n\
+        "if [ \"$1\" = supervise ]; then\n\
+           attempt=$3; shift 6\n\
+           \"$@\"; code=$?\n\
+           printf '{{\"code\":%d,\"signal\":null,\"signals_received\":[],\"killed_after_grace\":false,\"trainer_pid\":0,\"host\":\"fake\",\"started_at\":0,\"ended_at\":0}}' $code > \"$attempt/exit.json\"\n\
+           exit $code\n\
+         fi\n\
+         echo \"{label} $* CUDA_DEVICE_ORDER=${{CUDA_DEVICE_ORDER:-unset}}\" > argv.txt\n\
          i=0\n\
          while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n\
          exit 3",
@@ -256,7 +264,11 @@ async fn a_queued_run_whose_gpu_is_gone_fails() {
     let error = waiting["error"].as_str().unwrap();
     assert!(error.contains("cuda:1") && error.contains("not detected"), "{waiting}");
     assert_eq!(waiting["device"], Value::Null, "it never ran");
-    let first = server.wait_status(ids[0], "crashed", SHORT).await;
+    // The running one outlived the server and was re-attached; it ends as its trainer does.
+    assert_eq!(server.run(ids[0]).await["status"], "running");
+    std::fs::write(tools.join("release"), "").unwrap();
+    let first = server.wait_status(ids[0], "failed", SHORT).await;
+    assert_eq!(first["exit_code"], 3, "{first}");
     assert_eq!(first["device"], "cuda:1", "the device of its last attempt stays recorded");
 }
 

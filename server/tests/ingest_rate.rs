@@ -1,16 +1,16 @@
 //! Measures the metric ingest rate: synthetic trainer output (JSON event lines, as
 //! `crt-trainer --events jsonl` writes them) goes through the same path as a real trainer's —
-//! line reader → channel → batched transactions → journal → broadcast — into a fresh database
-//! (SQLite file, or Postgres when `CRT_TEST_POSTGRES_URL` is set). Prints points per second.
+//! the one recording entry point, in batches of 2,000 lines with the source offset, journal,
+//! broadcast — into a fresh database (SQLite file, or Postgres with `CRT_TEST_DB=postgres`).
+//! Prints points per second. Also checks that non-finite values are stored and read back.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crt_server::ingest::{self, Ingest, Source};
+use crt_server::record::{Cursor, Incoming, Recorder};
 use crt_server::store::{self, runs::ConfigColumns, Store};
 use crt_trainer::events::{Event, EventLine};
 use sqlx::Row;
-use tokio::sync::mpsc;
 
 const EVENTS: u64 = 20_000;
 const KEYS: [&str; 4] = ["train/loss", "train/acc", "lr", "grad_norm"];
@@ -18,7 +18,12 @@ const KEYS: [&str; 4] = ["train/loss", "train/acc", "lr", "grad_norm"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_ingest_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = std::env::var("CRT_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    let pg = match std::env::var("CRT_TEST_DB").as_deref() {
+        Ok("postgres") => {
+            Some(std::env::var("CRT_TEST_POSTGRES_URL").expect("CRT_TEST_DB=postgres needs CRT_TEST_POSTGRES_URL"))
+        }
+        _ => None,
+    };
     let (url, cleanup) = match &pg {
         Some(admin) => {
             let name = format!("crt_ingest_{}", std::process::id());
@@ -32,10 +37,18 @@ async fn metric_ingest_rate() {
     let store = Store::open(&url).await.unwrap();
     let exp = store::experiments::create(&store, "bench", "", &[]).await.unwrap();
     let mut w = store.write().await.unwrap();
-    let run_id =
-        store::runs::insert(w.conn(), exp.id, "bench", "train", &ConfigColumns::default(), Default::default(), 0.0)
-            .await
-            .unwrap();
+    let run_id = store::runs::insert(
+        w.conn(),
+        exp.id,
+        "bench",
+        "train",
+        &ConfigColumns::default(),
+        Default::default(),
+        &Default::default(),
+        0.0,
+    )
+    .await
+    .unwrap();
     w.commit().await.unwrap();
     let mut live = store.subscribe();
 
@@ -52,11 +65,17 @@ async fn metric_ingest_rate() {
     }
 
     let start = Instant::now();
-    let (tx, rx) = mpsc::channel(4 * ingest::MAX_BATCH);
-    let reader = tokio::spawn(ingest::read_lines(std::io::Cursor::new(text.into_bytes()), Source::Stdout, tx));
-    let outcome = Ingest::new(store.clone(), run_id, exp.id, dir.path().to_path_buf()).run(rx).await;
-    reader.await.unwrap();
+    let recorder = Recorder::new(store.clone(), run_id, exp.id, dir.path().to_path_buf());
+    let lines: Vec<&str> = text.lines().collect();
+    let mut offset = 0u64;
+    for chunk in lines.chunks(2000) {
+        let batch: Vec<Incoming> = chunk.iter().map(|l| Incoming::from_event_line(l, 0.0)).collect();
+        offset += chunk.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
+        recorder.record(&batch, Some(Cursor { events: offset, stderr: 0 })).await.unwrap();
+    }
     let secs = start.elapsed().as_secs_f64();
+    let run = store::runs::get(&store.pool, run_id).await.unwrap().unwrap();
+    assert_eq!(run.cursor.events, text.len() as u64, "the offset is stored with the rows");
 
     let points = EVENTS * KEYS.len() as u64;
     let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM metrics WHERE run_id = $1")
@@ -67,7 +86,6 @@ async fn metric_ingest_rate() {
         .try_get("n")
         .unwrap();
     assert_eq!(stored as u64, points, "every point stored once");
-    assert_eq!(outcome.metric_points, points);
     let latest = store::metrics::latest(&store.pool, run_id).await.unwrap();
     assert_eq!(latest["lr"].step as u64, EVENTS, "latest summary at the last step");
     // One journal entry per metrics line; the broadcast carried them in order (a receiver
@@ -93,6 +111,22 @@ async fn metric_ingest_rate() {
         }
     }
     assert_eq!(last_seq, newest, "the newest entry was broadcast");
+
+    // Non-finite values are kept (a NaN loss is what a diverging run must show).
+    let mut values = BTreeMap::new();
+    values.insert("nan".to_string(), f64::NAN);
+    values.insert("inf".to_string(), f64::INFINITY);
+    values.insert("neg".to_string(), f64::NEG_INFINITY);
+    let line = EventLine::now(Event::Metrics { step: EVENTS + 1, epoch: None, values }).to_json();
+    assert!(line.contains(r#""NaN""#) && line.contains(r#""-Infinity""#), "{line}");
+    recorder.record(&[Incoming::from_event_line(&line, 0.0)], None).await.unwrap();
+    let latest = store::metrics::latest(&store.pool, run_id).await.unwrap();
+    assert!(latest["nan"].value.is_nan(), "{:?}", latest["nan"]);
+    assert_eq!(latest["inf"].value, f64::INFINITY);
+    assert_eq!(latest["neg"].value, f64::NEG_INFINITY);
+    let history = store::metrics::history(&store.pool, run_id, "nan").await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(serde_json::to_value(history[0]).unwrap()["value"], "NaN");
 
     let backend = if pg.is_some() { "postgres" } else { "sqlite" };
     println!(

@@ -6,7 +6,7 @@ import { el, pct, num, int, duration, dateTime, bytes, coalesce, throttleByKey, 
 import { subscribe } from './live.js';
 import { ChartSlot, PALETTE, axisLabel } from './charts.js';
 import { MetricStore, CertStore, smooth, positiveOnly, radiusGrid } from './metrics.js';
-import { viewOf, wallTime, summaryQuery, deviceText } from './runs.js';
+import { viewOf, wallTime, summaryQuery, deviceText, whereText } from './runs.js';
 import './launch.js';
 
 const data = pageData();
@@ -55,6 +55,7 @@ function renderStatus() {
   $('fact-finished').textContent = dateTime(run.finished_at);
   $('fact-attempt').textContent = String(run.attempt);
   $('fact-device').textContent = deviceText(run);
+  $('fact-where').textContent = whereText(run);
   $('fact-results').textContent = summaryText(run.summary);
   const error = $('run-error');
   error.hidden = !run.error;
@@ -283,6 +284,8 @@ subscribe(`/runs/${runId}/events`, view.last_seq, {
     refreshRunSoon('run');
   },
   started: () => refreshRunSoon('run'),
+  launched: () => refreshRunSoon('run'),
+  backend: () => refreshRunSoon('run'),
   progress: (e) => {
     view.run.progress = { phase: e.phase, done: e.done, total: e.total, unit: e.unit };
     updateEta(e, e.ts);

@@ -35,6 +35,21 @@ export function certifiedAt(summary, r) {
 }
 
 /** Where the run ran ("cuda:1"), with what it asked for when that says more ("asked: gpu"). */
+// Where a run executes: the backend, and what it last said (Slurm: job id, state, reason, node).
+export function whereText(run) {
+  const backend = run.backend || 'local';
+  const h = run.handle;
+  const st = run.backend_state || {};
+  if (!h) return backend;
+  if (h.backend === 'slurm') {
+    const state = st.state ? ` · ${st.state}` : '';
+    const reason = st.state === 'PENDING' && st.reason ? ` (${st.reason})` : '';
+    const node = st.node ? ` on ${st.node}` : '';
+    return `slurm job ${h.job_id}${state}${reason}${node}`;
+  }
+  return `local (pid ${h.pid})`;
+}
+
 export function deviceText(run) {
   const asked = run.device_request || 'auto';
   if (!run.device) return asked === 'auto' ? DASH : `asked: ${asked}`;

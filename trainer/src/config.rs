@@ -742,6 +742,10 @@ pub struct CertifyConfig {
     pub smoothing: SmoothingConfig,
     #[serde(default = "d_out_dir")]
     pub out_dir: PathBuf,
+    /// Continue a run cut short: keep the rows already in the table of `out_dir` and process only
+    /// the images not in it yet.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// `crt-trainer predict` (PREDICT; `n0` is unused).
@@ -755,6 +759,10 @@ pub struct PredictConfig {
     pub smoothing: SmoothingConfig,
     #[serde(default = "d_out_dir")]
     pub out_dir: PathBuf,
+    /// Continue a run cut short: keep the rows already in the table of `out_dir` and process only
+    /// the images not in it yet.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 #[cfg(test)]

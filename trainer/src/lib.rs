@@ -1,10 +1,11 @@
 //! CRT Lab trainer library.
 //!
-//! `config` and `events` are the wire format shared with the server and build without candle;
-//! everything else is the engine, behind the default `engine` feature.
+//! `config`, `events` and `supervise` are the wire format shared with the server and build without
+//! candle; everything else is the engine, behind the default `engine` feature.
 
 pub mod config;
 pub mod events;
+pub mod supervise;
 
 #[cfg(feature = "engine")]
 pub mod bench;

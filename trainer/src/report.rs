@@ -37,11 +37,17 @@ impl Reporter {
         match self.output {
             Output::Quiet => {}
             Output::Jsonl => {
-                let line = EventLine::now(event).to_json();
+                let durable = needs_fsync(&event);
+                let mut line = EventLine::now(event).to_json();
+                line.push('\n');
                 let mut out = std::io::stdout().lock();
-                // A closed stdout (the server went away) must not kill a run: ignore write errors.
-                let _ = writeln!(out, "{line}");
+                // One write per line (a reader never sees half a line from us), flushed at once. A
+                // closed stdout (the server went away) must not kill a run: ignore write errors.
+                let _ = out.write_all(line.as_bytes());
                 let _ = out.flush();
+                if durable {
+                    sync_stdout();
+                }
             }
             Output::Human => self.human(event),
         }
@@ -118,5 +124,41 @@ impl Reporter {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         self.emit(Event::Artifact { path: path.display().to_string(), kind, size: bytes.len() as u64, sha256 });
         Ok(())
+    }
+}
+
+/// Checkpoints and the terminal events must survive a crash of the machine when stdout is a file
+/// (a supervised run's events.jsonl): they decide where a resumed run starts and how a run ended.
+fn needs_fsync(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Artifact { kind: ArtifactKind::Checkpoint, .. }
+            | Event::Finished { .. }
+            | Event::Stopped { .. }
+            | Event::Failed { .. }
+    )
+}
+
+/// fsync(2) on stdout; errors are ignored (a pipe or terminal answers EINVAL).
+fn sync_stdout() {
+    // SAFETY: fsync takes any descriptor number and only reports errors for bad ones.
+    let _ = unsafe { libc::fsync(libc::STDOUT_FILENO) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_and_terminal_events_are_synced() {
+        let artifact = |kind| Event::Artifact { path: "p".into(), kind, size: 1, sha256: String::new() };
+        assert!(needs_fsync(&artifact(ArtifactKind::Checkpoint)));
+        assert!(!needs_fsync(&artifact(ArtifactKind::Model)));
+        assert!(needs_fsync(&Event::Finished { wall_time_s: 1.0, summary: BTreeMap::new() }));
+        assert!(needs_fsync(&Event::Stopped { wall_time_s: 1.0, checkpoint: None }));
+        assert!(needs_fsync(&Event::Failed { error: "x".into() }));
+        assert!(!needs_fsync(&Event::Log { level: "info".into(), message: "m".into() }));
+        // Syncing a descriptor that cannot be synced (the test harness's stdout) must not panic.
+        sync_stdout();
     }
 }

@@ -114,7 +114,7 @@ fn certified_radius_is_a_tight_lower_bound_on_the_true_distance() {
     let model = plane.model(dir.path());
     let images = test_images(&plane);
     let (reporter, stop) = (Reporter::quiet(), StopFlag::default());
-    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop };
+    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop, resume: false };
     let p = params(100_000, 7);
     let started = std::time::Instant::now();
     let run = certify_images(&model, &labeled(&images), &p, sink).unwrap();
@@ -196,7 +196,7 @@ fn same_seed_same_votes_other_seed_other_votes() {
     let (reporter, stop) = (Reporter::quiet(), StopFlag::default());
     let counts = |seed: u64, batch: usize, out: &str| {
         let out = dir.path().join(out);
-        let sink = Sink { out_dir: &out, reporter: &reporter, stop: &stop };
+        let sink = Sink { out_dir: &out, reporter: &reporter, stop: &stop, resume: false };
         let p = Smoothing { batch, ..params(2000, seed) };
         let run = certify_images(&model, images, &p, sink).unwrap();
         run.certificates.iter().map(|c| c.count_a.unwrap()).collect::<Vec<_>>()
@@ -215,7 +215,7 @@ fn predict_answers_far_images_and_abstains_on_the_boundary() {
     let model = plane.model(dir.path());
     let images = test_images(&plane);
     let (reporter, stop) = (Reporter::quiet(), StopFlag::default());
-    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop };
+    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop, resume: false };
     let run = predict_images(&model, &labeled(&images), &params(10_000, 3), sink).unwrap();
     let predicted: Vec<i64> = run.certificates.iter().map(|c| c.predict).collect();
     let mut expected: Vec<i64> = images.iter().map(|(_, y)| *y).collect();
@@ -236,7 +236,7 @@ fn a_raised_stop_flag_ends_the_run_before_the_next_image() {
     let images = test_images(&plane);
     let (reporter, stop) = (Reporter::quiet(), StopFlag::default());
     stop.raise();
-    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop };
+    let sink = Sink { out_dir: dir.path(), reporter: &reporter, stop: &stop, resume: false };
     let run = certify_images(&model, &labeled(&images), &params(1000, 0), sink).unwrap();
     assert!(run.certificates.is_empty() && run.summary.is_none());
     assert!(!dir.path().join(SUMMARY_FILE).exists(), "a stopped run must not write a summary");

@@ -1,197 +1,245 @@
-//! Starting and signalling trainer processes on this machine.
+//! Where a trainer runs: the seam between the run lifecycle and a backend.
 //!
-//! Each trainer runs in its own process group (its pid is the group id), so a stop or kill
-//! reaches anything it started too. A remote launcher (Slurm) would sit beside this one:
-//! the rest of the server only sees the event stream and the exit status.
+//! Every backend starts the same thing, `crt-trainer supervise --attempt-dir D -- crt-trainer run …`:
+//! the supervisor appends the trainer's events to `D/events.jsonl` and its stderr to
+//! `D/stderr.log`, and writes `D/exit.json` with the wait status when the trainer ends. Those
+//! files are the record of an attempt; the server only reads them (see `runs::supervise`), so a
+//! backend is small: start an attempt and hand back a [`Handle`] (stored on the run), say whether
+//! it is still there ([`Observed`]), and pass on a stop.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+pub mod local;
+pub mod slurm;
+pub mod slurm_watch;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use serde::{Deserialize, Serialize};
 
 use crate::devices::Device;
+use slurm::SlurmResources;
+use slurm_watch::SlurmWatch;
 
-/// The file name of the config the server writes into each run directory.
-pub const CONFIG_FILE: &str = "run-config.json";
+pub use local::CONFIG_FILE;
 
-/// Writes `config` to `<run_dir>/run-config.json` and starts
-/// `crt-trainer run --config <that> --events jsonl --device <device>` in a new process group.
-pub fn spawn_trainer(
-    trainer_bin: &Path,
-    run_dir: &Path,
-    config: &serde_json::Value,
-    device: Device,
-) -> anyhow::Result<Child> {
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let config_path = config_path(run_dir);
-    let text = serde_json::to_string_pretty(config)?;
-    std::fs::write(&config_path, text).with_context(|| format!("cannot write {}", config_path.display()))?;
-    let mut command = Command::new(trainer_bin);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .args(["--events", "jsonl"])
-        .arg("--device")
-        .arg(device.to_string())
-        .current_dir(run_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Device::Cuda(_) = device {
-        // CUDA numbers GPUs fastest first by default; nvidia-smi, whose index the server hands
-        // out, numbers them by PCI bus. This makes cuda:N the GPU nvidia-smi calls N.
-        command.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
-    }
-    command.spawn().with_context(|| {
-        let flag = match device {
-            Device::Cuda(_) => "--trainer-cuda-bin (CRT_TRAINER_CUDA_BIN) or --trainer-bin",
-            Device::Cpu => "--trainer-bin or CRT_TRAINER_BIN",
-        };
-        format!("cannot start the trainer {} (set {flag})", trainer_bin.display())
-    })
+/// The backends a run can execute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A process group on the server's own machine.
+    #[default]
+    Local,
+    /// A batch job on a Slurm cluster (`sbatch`).
+    Slurm,
 }
 
-pub fn config_path(run_dir: &Path) -> PathBuf {
-    run_dir.join(CONFIG_FILE)
-}
-
-/// Sends `sig` to every process in the group; a group that is already gone is not an error.
-pub fn signal_group(pgid: i32, sig: Signal) -> anyhow::Result<()> {
-    match killpg(Pid::from_raw(pgid), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("cannot send {sig} to process group {pgid}: {e}")),
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Slurm => "slurm",
+        }
     }
 }
 
-/// Whether `pid` is a live (not zombie) process in group `pgid` running the trainer with
-/// this run's config file — that is, a trainer a previous server started for this run,
-/// and not an unrelated process that reused the pid.
-pub fn is_run_trainer(pid: i32, pgid: i32, run_dir: &Path) -> bool {
-    if !is_alive(pid) {
-        return false;
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(BackendKind::Local),
+            "slurm" => Ok(BackendKind::Slurm),
+            other => Err(format!("unknown backend {other:?}; expected \"local\" or \"slurm\"")),
+        }
     }
-    if nix::unistd::getpgid(Some(Pid::from_raw(pid))).map(|g| g.as_raw()) != Ok(pgid) {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let wanted = config_path(run_dir);
-    cmdline.split(|&b| b == 0).any(|arg| Path::new(OsStr::from_bytes(arg)) == wanted)
 }
 
-/// Live trainer processes started for any run under `runs_dir` (found by the config path on
-/// their command line), as (pid, pgid). At start-up, before this server has started any, these
-/// are leftovers of a previous server.
-pub fn trainers_under(runs_dir: &Path) -> Vec<(i32, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let ours = cmdline.split(|&b| b == 0).any(|arg| {
-            let arg = Path::new(OsStr::from_bytes(arg));
-            arg.starts_with(runs_dir) && arg.file_name() == Some(OsStr::new(CONFIG_FILE))
-        });
-        if ours && is_alive(pid) {
-            if let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
-                found.push((pid, pgid.as_raw()));
+/// One started attempt, as stored on the run (JSON), enough to find it again after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum Handle {
+    /// The supervisor's pid, which is also its process group (the trainer is in it).
+    Local {
+        pid: i32,
+        attempt_dir: PathBuf,
+    },
+    Slurm {
+        job_id: String,
+        attempt_dir: PathBuf,
+    },
+}
+
+impl Handle {
+    pub fn attempt_dir(&self) -> &Path {
+        match self {
+            Handle::Local { attempt_dir, .. } | Handle::Slurm { attempt_dir, .. } => attempt_dir,
+        }
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Handle::Local { .. } => BackendKind::Local,
+            Handle::Slurm { .. } => BackendKind::Slurm,
+        }
+    }
+}
+
+/// What a backend says about an attempt now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// Waiting to start (Slurm's queue), with the scheduler's reason.
+    Pending {
+        reason: String,
+    },
+    Running {
+        node: Option<String>,
+    },
+    /// Its process or job is gone; `why` says how when the backend knows (e.g. Slurm's NODE_FAIL).
+    Gone {
+        why: Option<String>,
+    },
+    /// Cannot tell now (e.g. `squeue` failed); ask again later.
+    Unknown,
+}
+
+/// One attempt to start.
+pub struct Attempt<'a> {
+    pub run_id: i64,
+    pub run_dir: &'a Path,
+    pub attempt: i64,
+    pub config: &'a serde_json::Value,
+    pub device: Device,
+    pub trainer: &'a Path,
+    /// Slurm resources (defaults already filled in); ignored by the local backend.
+    pub resources: &'a SlurmResources,
+}
+
+impl Attempt<'_> {
+    pub fn attempt_dir(&self) -> PathBuf {
+        crt_trainer::supervise::attempt_dir(self.run_dir, self.attempt as u32)
+    }
+
+    /// Writes the run config and creates the attempt directory; returns the supervisor's argv.
+    fn prepare(&self, grace: Duration, device_flag: &str) -> anyhow::Result<Vec<String>> {
+        let dir = self.attempt_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let config_path = local::config_path(self.run_dir);
+        let text = serde_json::to_string_pretty(self.config)?;
+        std::fs::write(&config_path, text).with_context(|| format!("cannot write {}", config_path.display()))?;
+        let trainer = self.trainer.display().to_string();
+        Ok(vec![
+            trainer.clone(),
+            "supervise".into(),
+            "--attempt-dir".into(),
+            dir.display().to_string(),
+            "--grace-secs".into(),
+            grace.as_secs().to_string(),
+            "--".into(),
+            trainer,
+            "run".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+            "--events".into(),
+            "jsonl".into(),
+            "--device".into(),
+            device_flag.into(),
+        ])
+    }
+}
+
+/// The backends, behind one interface.
+pub struct Launcher {
+    grace: Duration,
+    slurm_grace_secs: u32,
+    pub slurm: SlurmWatch,
+}
+
+impl Launcher {
+    pub fn new(grace: Duration) -> Launcher {
+        // Slurm warns the batch shell this long before the time limit: the stop grace plus a
+        // margin for the trainer to notice between steps, at most the 1-minute minimum limit.
+        let slurm_grace_secs = (grace.as_secs() as u32 + 10).min(55);
+        Launcher { grace, slurm_grace_secs, slurm: SlurmWatch::default() }
+    }
+
+    pub async fn start(&self, backend: BackendKind, a: &Attempt<'_>) -> anyhow::Result<Handle> {
+        match backend {
+            BackendKind::Local => {
+                let argv = a.prepare(self.grace, &a.device.to_string())?;
+                let pid = local::spawn(&argv, a.run_dir, &a.attempt_dir(), a.device)?;
+                Ok(Handle::Local { pid, attempt_dir: a.attempt_dir() })
+            }
+            BackendKind::Slurm => {
+                // On a node the job sees only its own GPUs (Slurm sets CUDA_VISIBLE_DEVICES).
+                let flag = match a.device {
+                    Device::Cpu => "cpu",
+                    Device::Cuda(_) => "cuda:0",
+                };
+                let argv = a.prepare(self.grace, flag)?;
+                let dir = a.attempt_dir();
+                let job_name = format!("crt-{}", a.run_id);
+                let output = dir.join("slurm.out");
+                let env: Vec<(String, String)> = Vec::new();
+                let spec = slurm::JobSpec {
+                    job_name: &job_name,
+                    workdir: a.run_dir,
+                    output: &output,
+                    command: &argv,
+                    resources: a.resources,
+                    signal_grace_secs: self.slurm_grace_secs,
+                    env: &env,
+                };
+                let script_path = dir.join("job.sbatch");
+                std::fs::write(&script_path, slurm::batch_script(&spec))
+                    .with_context(|| format!("cannot write {}", script_path.display()))?;
+                let job_id = slurm::submit(&script_path).await?;
+                self.slurm.watch(&job_id);
+                Ok(Handle::Slurm { job_id, attempt_dir: dir })
             }
         }
     }
-    found
-}
 
-/// Alive and not a zombie (an orphaned trainer's zombie may linger if nobody reaps it).
-pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself contain spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
-}
-
-/// SIGTERM to the group, up to `grace` for `pid` to exit, then SIGKILL. For a trainer that
-/// is not our child (left by a previous server), so it is polled rather than awaited.
-pub async fn terminate_orphan(pid: i32, pgid: i32, grace: Duration) -> anyhow::Result<()> {
-    signal_group(pgid, Signal::SIGTERM)?;
-    let deadline = Instant::now() + grace;
-    while is_alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    signal_group(pgid, Signal::SIGKILL)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn liveness_of_real_processes() {
-        assert!(is_alive(std::process::id() as i32));
-        let mut child = std::process::Command::new("sleep").arg("0").spawn().unwrap();
-        let pid = child.id() as i32;
-        child.wait().unwrap();
-        assert!(!is_alive(pid));
-    }
-
-    #[tokio::test]
-    async fn terminates_a_process_group() {
-        let dir = tempfile::tempdir().unwrap();
-        // A shell that ignores SIGTERM, so only the SIGKILL after the grace period ends it.
-        let mut child = Command::new("sh")
-            .args(["-c", "trap '' TERM; echo ready; sleep 30 & wait"])
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap() as i32;
-        // Signal only once the trap is set.
-        let mut ready = String::new();
-        use tokio::io::AsyncBufReadExt;
-        tokio::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).await.unwrap();
-        assert_eq!(ready.trim(), "ready");
-        assert!(!is_run_trainer(pid, pid, dir.path()), "a shell is not this run's trainer");
-        assert!(trainers_under(dir.path()).is_empty());
-        let start = Instant::now();
-        terminate_orphan(pid, pid, Duration::from_millis(300)).await.unwrap();
-        let status = child.wait().await.unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(300));
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9));
-    }
-
-    #[tokio::test]
-    async fn finds_trainers_by_their_config_path() {
-        let runs = tempfile::tempdir().unwrap();
-        let config = config_path(&runs.path().join("7"));
-        // Any process whose arguments name a run's config file counts (here a shell).
-        // A compound command, so that the shell cannot exec `sleep` in its own place.
-        let mut child =
-            Command::new("sh").args(["-c", "sleep 30; true", "sh"]).arg(&config).process_group(0).spawn().unwrap();
-        let pid = child.id().unwrap() as i32;
-        // Until the child has exec'd the shell, its command line is still this test's.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while trainers_under(runs.path()).is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    pub async fn observe(&self, handle: &Handle) -> Observed {
+        match handle {
+            Handle::Local { pid, attempt_dir } => {
+                if local::is_supervisor(*pid, attempt_dir) {
+                    Observed::Running { node: None }
+                } else {
+                    Observed::Gone { why: None }
+                }
+            }
+            Handle::Slurm { job_id, .. } => self.slurm.observe(job_id).await,
         }
-        assert_eq!(trainers_under(runs.path()), vec![(pid, pid)]);
-        assert!(is_run_trainer(pid, pid, &runs.path().join("7")));
-        assert!(!is_run_trainer(pid, pid, &runs.path().join("8")), "another run's trainer");
-        let other = tempfile::tempdir().unwrap();
-        assert!(trainers_under(other.path()).is_empty(), "another data directory's trainers are not ours");
-        terminate_orphan(pid, pid, Duration::from_secs(5)).await.unwrap();
-        child.wait().await.unwrap();
-        assert!(trainers_under(runs.path()).is_empty());
+    }
+
+    /// Asks the attempt to stop: the supervisor forwards SIGTERM to the trainer (which writes a
+    /// checkpoint) and kills it after the grace period. A job still waiting in Slurm's queue is
+    /// cancelled.
+    pub async fn stop(&self, handle: &Handle, pending: bool) -> anyhow::Result<()> {
+        match handle {
+            Handle::Local { pid, attempt_dir } => {
+                local::signal_supervisor(*pid, attempt_dir, nix::sys::signal::SIGTERM)
+            }
+            Handle::Slurm { job_id, .. } if pending => slurm::cancel(job_id).await,
+            Handle::Slurm { job_id, .. } => slurm::signal(job_id, "TERM").await,
+        }
+    }
+
+    /// The last resort when a stop did not end the attempt: everything in it is killed.
+    pub async fn kill(&self, handle: &Handle) -> anyhow::Result<()> {
+        match handle {
+            Handle::Local { pid, attempt_dir } => {
+                if local::is_supervisor(*pid, attempt_dir) {
+                    local::signal_group(*pid, nix::sys::signal::SIGKILL)?;
+                }
+                Ok(())
+            }
+            Handle::Slurm { job_id, .. } => slurm::cancel(job_id).await,
+        }
+    }
+
+    /// How long a stop may take before [`Launcher::kill`]: the supervisor's grace plus a margin.
+    pub fn kill_after(&self) -> Duration {
+        self.grace + Duration::from_secs(10)
     }
 }

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crt_trainer::supervise::ExitRecord;
+
+use crate::launch::BackendKind;
+use crate::record::Terminal;
 use crate::store::runs::Ending;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,27 +64,24 @@ impl std::str::FromStr for RunStatus {
     }
 }
 
-/// The last terminal event a trainer wrote.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Terminal {
-    Finished,
-    Stopped,
-    Failed(String),
+/// How an attempt ended, as far as its exit record and the backend tell.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended<'a> {
+    /// The supervisor's exit record.
+    Record(&'a ExitRecord),
+    /// No exit record: the process or job vanished (SIGKILL to the supervisor, a lost node, an
+    /// outside `scancel` past its kill wait); `why` in words when the backend knows.
+    Vanished { why: Option<&'a str> },
 }
 
-/// How the process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exit {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-/// The run's final status from the exit status and the last event (the two together are the
-/// truth: an event alone may be followed by a crash, an exit code alone says too little).
+/// The run's final status from how the attempt ended and the trainer's last terminal event
+/// (the two together are the truth: an event alone may be followed by a crash, an exit code
+/// alone says too little).
 pub fn classify(
-    exit: Exit,
+    ended: Ended,
     terminal: Option<&Terminal>,
     stop_requested: bool,
+    backend: BackendKind,
     last_lines: &[String],
     wall_time_s: f64,
 ) -> Ending {
@@ -91,24 +92,70 @@ pub fn classify(
             format!("; last output:\n{}", last_lines.join("\n"))
         }
     };
-    let (status, error) = match (exit.code, terminal) {
+    let (code, signal) = match ended {
+        Ended::Record(r) => (r.code, r.signal),
+        Ended::Vanished { .. } => (None, None),
+    };
+    let (status, error) = match ended {
+        Ended::Vanished { .. } if terminal == Some(&Terminal::Finished) => (RunStatus::Finished, None),
+        Ended::Vanished { .. } if stop_requested => {
+            (RunStatus::Stopped, Some("stopped; the trainer was gone before it reported stopping".to_string()))
+        }
+        Ended::Vanished { why } => {
+            let why = why.unwrap_or(
+                "the trainer's supervisor vanished without an exit record (killed with SIGKILL, or its machine went down)",
+            );
+            (RunStatus::Crashed, Some(format!("{why}. Resume the run to continue from its last checkpoint{}", tail())))
+        }
+        Ended::Record(r) => classify_record(r, terminal, stop_requested, backend, &tail),
+    };
+    Ending { status, exit_code: code.map(i64::from), exit_signal: signal.map(i64::from), error, wall_time_s }
+}
+
+fn classify_record(
+    r: &ExitRecord,
+    terminal: Option<&Terminal>,
+    stop_requested: bool,
+    backend: BackendKind,
+    tail: &dyn Fn() -> String,
+) -> (RunStatus, Option<String>) {
+    let received = |name: &str| r.signals_received.iter().any(|s| s == name);
+    let killed = |sig: Option<i32>| {
+        let sig = sig.map(signal_name).unwrap_or_else(|| "a signal".into());
+        format!("the trainer did not exit in time and was killed ({sig})")
+    };
+    match (r.code, terminal) {
         (Some(0), Some(Terminal::Finished)) => (RunStatus::Finished, None),
         _ if stop_requested => {
-            let note = match (exit.signal, terminal) {
-                (_, Some(Terminal::Stopped)) => None,
-                (Some(sig), _) => {
-                    Some(format!("stopped: the trainer did not exit in time and was killed ({})", signal_name(sig)))
-                }
+            let note = match terminal {
+                Some(Terminal::Stopped) => None,
+                _ if r.signal.is_some() => Some(format!("stopped: {}", killed(r.signal))),
                 _ => Some("stopped before the trainer reported it".to_string()),
             };
             (RunStatus::Stopped, note)
         }
+        _ if received("USR1") => {
+            let note = match terminal {
+                Some(Terminal::Stopped) => {
+                    "reached its Slurm time limit and stopped at a checkpoint; resume it to continue".to_string()
+                }
+                _ => format!("reached its Slurm time limit; {}", killed(r.signal)),
+            };
+            (RunStatus::Stopped, Some(note))
+        }
+        (_, Some(Terminal::Stopped)) | (None, _) if received("TERM") && backend == BackendKind::Slurm => (
+            RunStatus::Crashed,
+            Some(
+                "the Slurm job was cancelled outside CRT Lab (scancel); resume the run to continue from its checkpoint"
+                    .into(),
+            ),
+        ),
         (Some(0), Some(Terminal::Stopped)) => {
             (RunStatus::Stopped, Some("the trainer was stopped by a signal from outside the server".into()))
         }
         (_, Some(Terminal::Failed(msg))) => (RunStatus::Failed, Some(format!("{msg}{}", tail()))),
         (None, _) => {
-            let sig = exit.signal.map(signal_name).unwrap_or_else(|| "an unknown signal".into());
+            let sig = r.signal.map(signal_name).unwrap_or_else(|| "an unknown signal".into());
             (RunStatus::Crashed, Some(format!("the trainer was killed by {sig}{}", tail())))
         }
         (Some(0), _) => (
@@ -116,8 +163,7 @@ pub fn classify(
             Some(format!("the trainer exited with status 0 without reporting `finished`{}", tail())),
         ),
         (Some(code), _) => (RunStatus::Failed, Some(format!("the trainer exited with status {code}{}", tail()))),
-    };
-    Ending { status, exit_code: exit.code.map(i64::from), exit_signal: exit.signal.map(i64::from), error, wall_time_s }
+    }
 }
 
 pub fn signal_name(sig: i32) -> String {
@@ -131,33 +177,78 @@ pub fn signal_name(sig: i32) -> String {
 mod tests {
     use super::*;
 
-    const OK: Exit = Exit { code: Some(0), signal: None };
-    const KILLED: Exit = Exit { code: None, signal: Some(9) };
+    fn record(code: Option<i32>, signal: Option<i32>, received: &[&str]) -> ExitRecord {
+        ExitRecord {
+            code,
+            signal,
+            signals_received: received.iter().map(|s| s.to_string()).collect(),
+            killed_after_grace: false,
+            trainer_pid: 1,
+            host: "h".into(),
+            started_at: 0.0,
+            ended_at: 1.0,
+        }
+    }
+
+    fn local(r: &ExitRecord, t: Option<&Terminal>, stop: bool, last: &[String]) -> Ending {
+        classify(Ended::Record(r), t, stop, BackendKind::Local, last, 1.0)
+    }
 
     #[test]
     fn finished_needs_exit_zero_and_the_event() {
-        assert_eq!(classify(OK, Some(&Terminal::Finished), false, &[], 1.0).status, RunStatus::Finished);
-        assert_eq!(classify(OK, None, false, &[], 1.0).status, RunStatus::Failed);
-        let e =
-            classify(Exit { code: Some(101), signal: None }, Some(&Terminal::Finished), false, &["panic".into()], 1.0);
+        let ok = record(Some(0), None, &[]);
+        assert_eq!(local(&ok, Some(&Terminal::Finished), false, &[]).status, RunStatus::Finished);
+        assert_eq!(local(&ok, None, false, &[]).status, RunStatus::Failed);
+        let e = local(&record(Some(101), None, &[]), Some(&Terminal::Finished), false, &["panic".into()]);
         assert_eq!(e.status, RunStatus::Failed);
         assert!(e.error.unwrap().contains("status 101"));
     }
 
     #[test]
     fn signals_crash_unless_a_stop_was_asked_for() {
-        let e = classify(KILLED, None, false, &["epoch 1".into()], 1.0);
+        let killed = record(None, Some(9), &[]);
+        let e = local(&killed, None, false, &["epoch 1".into()]);
         assert_eq!(e.status, RunStatus::Crashed);
         let msg = e.error.unwrap();
         assert!(msg.contains("SIGKILL") && msg.contains("epoch 1"), "{msg}");
-        assert_eq!(classify(KILLED, None, true, &[], 1.0).status, RunStatus::Stopped);
-        assert_eq!(classify(OK, Some(&Terminal::Stopped), true, &[], 1.0).error, None);
+        assert_eq!(local(&killed, None, true, &[]).status, RunStatus::Stopped);
+        assert_eq!(local(&record(Some(0), None, &["TERM"]), Some(&Terminal::Stopped), true, &[]).error, None);
+    }
+
+    #[test]
+    fn slurm_time_limit_stops_and_outside_scancel_crashes() {
+        let timed_out = record(Some(0), None, &["USR1"]);
+        let e = classify(Ended::Record(&timed_out), Some(&Terminal::Stopped), false, BackendKind::Slurm, &[], 1.0);
+        assert_eq!(e.status, RunStatus::Stopped);
+        assert!(e.error.unwrap().contains("time limit"));
+        let cancelled = record(Some(0), None, &["TERM"]);
+        let e = classify(Ended::Record(&cancelled), Some(&Terminal::Stopped), false, BackendKind::Slurm, &[], 1.0);
+        assert_eq!(e.status, RunStatus::Crashed);
+        assert!(e.error.unwrap().contains("outside CRT Lab"));
+        // The same stop asked through CRT Lab is a stop.
+        let e = classify(Ended::Record(&cancelled), Some(&Terminal::Stopped), true, BackendKind::Slurm, &[], 1.0);
+        assert_eq!(e.status, RunStatus::Stopped);
+    }
+
+    #[test]
+    fn a_vanished_attempt_crashes_with_the_backends_reason() {
+        let e = classify(
+            Ended::Vanished { why: Some("the Slurm node failed (NODE_FAIL)") },
+            None,
+            false,
+            BackendKind::Slurm,
+            &[],
+            1.0,
+        );
+        assert_eq!(e.status, RunStatus::Crashed);
+        assert!(e.error.unwrap().contains("NODE_FAIL"));
+        let e = classify(Ended::Vanished { why: None }, None, true, BackendKind::Local, &[], 1.0);
+        assert_eq!(e.status, RunStatus::Stopped);
     }
 
     #[test]
     fn a_reported_failure_keeps_its_message() {
-        let e =
-            classify(Exit { code: Some(1), signal: None }, Some(&Terminal::Failed("no data".into())), false, &[], 1.0);
+        let e = local(&record(Some(1), None, &[]), Some(&Terminal::Failed("no data".into())), false, &[]);
         assert_eq!(e.status, RunStatus::Failed);
         assert!(e.error.unwrap().starts_with("no data"));
     }

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use crt_trainer::config::{ModelSource, RunConfig, RunKind, TransferLoss};
 
 use crate::devices::DeviceRequest;
-use crate::store::runs::{ConfigColumns, Run};
+use crate::launch::slurm::SlurmResources;
+use crate::launch::BackendKind;
+use crate::store::runs::{ConfigColumns, Placement, Run};
 
 /// `POST /api/v1/runs`.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +29,24 @@ pub struct CreateRunRequest {
     /// "auto" (the default), "cpu", "gpu" or "cuda:N".
     #[serde(default)]
     pub device: Option<DeviceRequest>,
+    /// "local" or "slurm" (default: the server's `--backend`).
+    #[serde(default)]
+    pub backend: Option<BackendKind>,
+    /// Slurm resources for this run (gaps filled from the server's `--slurm-*` defaults).
+    #[serde(default)]
+    pub slurm: Option<SlurmResources>,
+}
+
+/// The backend and resources of a create-run request.
+pub fn check_placement(req: &CreateRunRequest, default: BackendKind) -> Result<Placement, FieldError> {
+    let backend = req.backend.unwrap_or(default);
+    if let Some(res) = &req.slurm {
+        if backend != BackendKind::Slurm {
+            return Err(FieldError::new("slurm", "Slurm resources need \"backend\": \"slurm\""));
+        }
+        res.validate().map_err(|(field, message)| FieldError::new(format!("slurm.{field}"), message))?;
+    }
+    Ok(Placement { backend, resources: req.slurm.clone() })
 }
 
 /// A request field that is wrong, and what is allowed.
@@ -217,17 +237,16 @@ fn smoothing_columns(model: &ModelSource, sigma: Option<f64>, inherited: ConfigC
     cols
 }
 
-/// A resumable run's config with `resume: true` (train and transfer runs only).
+/// A resumable run's config with `resume: true`: train and transfer runs continue from their
+/// checkpoint, certify and predict runs from the next image not yet recorded.
 pub fn resume_config(run: &Run) -> Result<Value, String> {
     match run.kind.as_str() {
-        "train" | "transfer" => {
+        "train" | "transfer" | "certify" | "predict" => {
             let mut config = run.config.clone();
             config["resume"] = json!(true);
             Ok(config)
         }
-        other => Err(format!(
-            "a {other} run cannot be resumed (only train and transfer runs have checkpoints); create a new run instead"
-        )),
+        other => Err(format!("a {other} run cannot be resumed; create a new run instead")),
     }
 }
 
@@ -266,6 +285,13 @@ mod tests {
             device: None,
             summary: None,
             progress: None,
+            backend: BackendKind::Local,
+            resources: None,
+            handle: None,
+            backend_state: None,
+            cursor: Default::default(),
+            stop_requested_at: None,
+            terminal: None,
         }
     }
 
@@ -321,10 +347,11 @@ mod tests {
     }
 
     #[test]
-    fn resume_only_for_training() {
+    fn resume_sets_the_flag() {
         let mut run = parent(1, "train");
         run.config = json!({"kind": "train", "resume": false});
         assert_eq!(resume_config(&run).unwrap()["resume"], true);
-        assert!(resume_config(&parent(2, "certify")).unwrap_err().contains("cannot be resumed"));
+        assert_eq!(resume_config(&parent(2, "certify")).unwrap()["resume"], true);
+        assert_eq!(resume_config(&parent(3, "predict")).unwrap()["resume"], true);
     }
 }

@@ -80,3 +80,18 @@ pub async fn read(pool: &AnyPool, run_id: i64, q: &LogQuery) -> anyhow::Result<V
     }
     Ok(lines)
 }
+
+/// The last `n` lines a run's trainer wrote (stdout, stderr, its log events), oldest first: what
+/// a failure message quotes.
+pub async fn last_trainer_lines(pool: &AnyPool, run_id: i64, n: i64) -> anyhow::Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT line FROM logs WHERE run_id = $1 AND stream IN ('stdout', 'stderr', 'trainer') ORDER BY id DESC LIMIT $2",
+    )
+    .bind(run_id)
+    .bind(n)
+    .fetch_all(pool)
+    .await?;
+    let mut lines = rows.iter().map(|r| Ok(r.try_get("line")?)).collect::<anyhow::Result<Vec<String>>>()?;
+    lines.reverse();
+    Ok(lines)
+}

@@ -10,7 +10,42 @@ pub struct MetricPoint {
     pub step: i64,
     pub epoch: Option<f64>,
     pub ts: f64,
+    #[serde(serialize_with = "finite_or_name")]
     pub value: f64,
+}
+
+/// A value as JSON: a number, or MLflow's (protobuf-JSON) names for the non-finite ones,
+/// "NaN", "Infinity", "-Infinity" (a JSON number cannot be one, and `null` would lose it).
+pub fn finite_or_name<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    match non_finite_name(*v) {
+        Some(name) => s.serialize_str(name),
+        None => s.serialize_f64(*v),
+    }
+}
+
+pub fn non_finite_name(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("NaN")
+    } else if v == f64::INFINITY {
+        Some("Infinity")
+    } else if v == f64::NEG_INFINITY {
+        Some("-Infinity")
+    } else {
+        None
+    }
+}
+
+/// A JSON value for a metric value (see [`finite_or_name`]).
+pub fn value_json(v: f64) -> serde_json::Value {
+    match non_finite_name(v) {
+        Some(name) => serde_json::Value::String(name.into()),
+        None => serde_json::json!(v),
+    }
+}
+
+/// NaN is stored as NULL in both databases (SQLite turns a bound NaN into NULL anyway).
+fn stored(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
 }
 
 /// Stores the values of one metrics event (one row per key) in one statement. A step already
@@ -36,7 +71,7 @@ pub async fn upsert_step(
     );
     let mut query = sqlx::query(&sql).bind(run_id).bind(step).bind(epoch).bind(ts);
     for (key, value) in values {
-        query = query.bind(key.as_str()).bind(*value);
+        query = query.bind(key.as_str()).bind(stored(*value));
     }
     query.execute(conn).await?;
     Ok(())
@@ -54,7 +89,7 @@ pub async fn upsert_latest(conn: &mut AnyConnection, run_id: i64, key: &str, p: 
     .bind(p.step)
     .bind(p.epoch)
     .bind(p.ts)
-    .bind(p.value)
+    .bind(stored(p.value))
     .execute(conn)
     .await?;
     Ok(())
@@ -74,7 +109,7 @@ fn point(r: &sqlx::any::AnyRow) -> anyhow::Result<MetricPoint> {
         step: r.try_get("step")?,
         epoch: r.try_get("epoch")?,
         ts: r.try_get("ts")?,
-        value: r.try_get("value")?,
+        value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
     })
 }
 

@@ -8,6 +8,9 @@ use serde_json::Value;
 use sqlx::{any::AnyRow, AnyConnection, AnyPool, Row};
 
 use crate::devices::{Device, DeviceRequest};
+use crate::launch::slurm::SlurmResources;
+use crate::launch::{BackendKind, Handle};
+use crate::record::{Cursor, Terminal};
 use crate::runs::RunStatus;
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,8 +46,25 @@ pub struct Run {
     pub wall_time_s: f64,
     /// How many times a trainer process was started for this run.
     pub attempt: i64,
+    /// The local supervisor's pid (also its process group, which holds the trainer).
     pub pid: Option<i64>,
     pub pgid: Option<i64>,
+    /// Where the run executes.
+    pub backend: BackendKind,
+    /// The Slurm resources it asked for (None: the server's defaults).
+    pub resources: Option<SlurmResources>,
+    /// The launcher's handle of the current attempt.
+    pub handle: Option<Handle>,
+    /// What the backend last said (Slurm: state, reason, node).
+    pub backend_state: Option<Value>,
+    /// Bytes of the attempt's events.jsonl and stderr.log recorded so far.
+    #[serde(skip)]
+    pub cursor: Cursor,
+    /// When a stop was asked through CRT Lab, for the current attempt.
+    pub stop_requested_at: Option<f64>,
+    /// The trainer's last terminal event in this attempt.
+    #[serde(skip)]
+    pub terminal: Option<Terminal>,
     pub exit_code: Option<i64>,
     pub exit_signal: Option<i64>,
     pub error: Option<String>,
@@ -69,11 +89,17 @@ pub struct ConfigColumns {
 const COLUMNS: &str = "r.id, r.experiment_id, r.name, r.kind, r.status, r.config, r.resolved_config, r.arch, \
     r.method, r.dataset, r.sigma, r.out_dir, r.created_at, r.queued_at, r.started_at, r.finished_at, \
     r.wall_time_s, r.attempt, r.pid, r.pgid, r.exit_code, r.exit_signal, r.error, r.summary, \
-    r.progress_phase, r.progress_done, r.progress_total, r.progress_unit, r.device_request, r.device";
+    r.progress_phase, r.progress_done, r.progress_total, r.progress_unit, r.device_request, r.device, \
+    r.backend, r.resources, r.handle, r.backend_state, r.events_offset, r.stderr_offset, r.stop_requested_at, \
+    r.terminal";
 
 fn json_column(r: &AnyRow, name: &str) -> anyhow::Result<Option<Value>> {
     let text: Option<String> = r.try_get(name)?;
     text.map(|t| serde_json::from_str(&t).with_context(|| format!("corrupt JSON in runs.{name}"))).transpose()
+}
+
+fn typed_column<T: serde::de::DeserializeOwned>(r: &AnyRow, name: &str) -> anyhow::Result<Option<T>> {
+    json_column(r, name)?.map(|v| serde_json::from_value(v).with_context(|| format!("corrupt runs.{name}"))).transpose()
 }
 
 /// A text column holding a [`Device`] or [`DeviceRequest`].
@@ -122,7 +148,24 @@ fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
         device: r.try_get::<Option<String>, _>("device")?.map(|d| parsed(&d, "device")).transpose()?,
         summary: json_column(r, "summary")?,
         progress,
+        backend: parsed(&r.try_get::<String, _>("backend")?, "backend")?,
+        resources: typed_column(r, "resources")?,
+        handle: typed_column(r, "handle")?,
+        backend_state: json_column(r, "backend_state")?,
+        cursor: Cursor {
+            events: r.try_get::<i64, _>("events_offset")? as u64,
+            stderr: r.try_get::<i64, _>("stderr_offset")? as u64,
+        },
+        stop_requested_at: r.try_get("stop_requested_at")?,
+        terminal: r.try_get::<Option<String>, _>("terminal")?.and_then(|t| Terminal::from_column(&t)),
     })
+}
+
+/// Where a new run is to execute.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub backend: BackendKind,
+    pub resources: Option<SlurmResources>,
 }
 
 /// Inserts a queued run with an empty config; the caller sets the config once the id (and
@@ -134,12 +177,13 @@ pub async fn insert(
     kind: &str,
     columns: &ConfigColumns,
     device_request: DeviceRequest,
+    placement: &Placement,
     now: f64,
 ) -> anyhow::Result<i64> {
     let id: i64 = sqlx::query(
         "INSERT INTO runs (experiment_id, name, kind, status, config, arch, method, dataset, sigma, out_dir, \
-         created_at, queued_at, device_request) VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9, $10) \
-         RETURNING id",
+         created_at, queued_at, device_request, backend, resources) \
+         VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9, $10, $11, $12) RETURNING id",
     )
     .bind(experiment_id)
     .bind(name)
@@ -151,6 +195,8 @@ pub async fn insert(
     .bind(columns.sigma)
     .bind(now)
     .bind(device_request.to_string())
+    .bind(placement.backend.as_str())
+    .bind(placement.resources.as_ref().map(|r| serde_json::to_string(r).expect("resources serialize")))
     .fetch_one(&mut *conn)
     .await?
     .try_get("id")?;
@@ -335,7 +381,7 @@ pub async fn with_status(pool: &AnyPool, status: RunStatus) -> anyhow::Result<Ve
 /// Queued runs whose parents have all finished, in queue order, with the device each asks for.
 pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<(i64, DeviceRequest)>> {
     sqlx::query(
-        "SELECT r.id, r.device_request FROM runs r WHERE r.status = 'queued' AND NOT EXISTS (\
+        "SELECT r.id, r.device_request FROM runs r WHERE r.status = 'queued' AND r.handle IS NULL AND NOT EXISTS (\
            SELECT 1 FROM run_parents rp JOIN runs p ON p.id = rp.parent_id \
            WHERE rp.run_id = r.id AND p.status <> 'finished') \
          ORDER BY r.queued_at, r.id",
@@ -361,26 +407,78 @@ pub async fn orphaned(pool: &AnyPool) -> anyhow::Result<Vec<(i64, i64, Option<St
     .collect()
 }
 
-/// A trainer process started for the run on `device`.
-pub struct Started {
-    pub pid: i64,
-    pub pgid: i64,
-    pub device: Device,
-}
-
-pub async fn set_running(conn: &mut AnyConnection, id: i64, started: &Started, now: f64) -> anyhow::Result<()> {
+/// Records a new attempt's handle (the run stays `queued` until it runs: a Slurm job may wait),
+/// with the attempt counted and its read positions, terminal event and stop request reset.
+pub async fn set_launched(conn: &mut AnyConnection, id: i64, handle: &Handle, device: Device) -> anyhow::Result<()> {
+    let pid = match handle {
+        Handle::Local { pid, .. } => Some(i64::from(*pid)),
+        Handle::Slurm { .. } => None,
+    };
     sqlx::query(
-        "UPDATE runs SET status = 'running', pid = $1, pgid = $2, started_at = $3, finished_at = NULL, \
-         exit_code = NULL, exit_signal = NULL, error = NULL, attempt = attempt + 1, device = $4 WHERE id = $5",
+        "UPDATE runs SET handle = $1, pid = $2, pgid = $2, device = $3, attempt = attempt + 1, events_offset = 0, \
+         stderr_offset = 0, terminal = NULL, stop_requested_at = NULL, backend_state = NULL, finished_at = NULL, \
+         exit_code = NULL, exit_signal = NULL, error = NULL WHERE id = $4",
     )
-    .bind(started.pid)
-    .bind(started.pgid)
-    .bind(now)
-    .bind(started.device.to_string())
+    .bind(serde_json::to_string(handle)?)
+    .bind(pid)
+    .bind(device.to_string())
     .bind(id)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The launched attempt is executing now.
+pub async fn set_running(conn: &mut AnyConnection, id: i64, now: f64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET status = 'running', started_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_backend_state(conn: &mut AnyConnection, id: i64, state: &Value) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET backend_state = $1 WHERE id = $2")
+        .bind(state.to_string())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_offsets(conn: &mut AnyConnection, id: i64, cursor: Cursor) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET events_offset = $1, stderr_offset = $2 WHERE id = $3")
+        .bind(cursor.events as i64)
+        .bind(cursor.stderr as i64)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_terminal(conn: &mut AnyConnection, id: i64, terminal: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET terminal = $1 WHERE id = $2").bind(terminal).bind(id).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn request_stop(conn: &mut AnyConnection, id: i64, now: f64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE runs SET stop_requested_at = $1 WHERE id = $2 AND stop_requested_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Runs with a launched attempt that has not been recorded as ended: the ones to supervise.
+pub async fn launched(pool: &AnyPool) -> anyhow::Result<Vec<Run>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM runs r WHERE r.status IN ('queued', 'running') AND r.handle IS NOT NULL ORDER BY r.id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(from_row).collect()
 }
 
 /// How a run ended.
@@ -415,7 +513,8 @@ pub async fn set_ended(conn: &mut AnyConnection, id: i64, end: &Ending, now: f64
 pub async fn requeue(conn: &mut AnyConnection, id: i64, config: &Value, now: f64) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE runs SET status = 'queued', config = $1, queued_at = $2, finished_at = NULL, pid = NULL, \
-         pgid = NULL, exit_code = NULL, exit_signal = NULL, error = NULL WHERE id = $3",
+         pgid = NULL, exit_code = NULL, exit_signal = NULL, error = NULL, handle = NULL, backend_state = NULL, \
+         stop_requested_at = NULL, terminal = NULL WHERE id = $3",
     )
     .bind(config.to_string())
     .bind(now)

@@ -75,10 +75,21 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// A tempdir and a fresh database: `CRT_TEST_DB=sqlite` (the default) is a SQLite file in the
+    /// tempdir; `CRT_TEST_DB=postgres` is a new database on the server `CRT_TEST_POSTGRES_URL`
+    /// names (required then; `scripts/ci-postgres.sh` prints it), dropped again on Drop.
     pub fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
-        match std::env::var("CRT_TEST_POSTGRES_URL") {
-            Ok(admin) if !admin.is_empty() => {
+        match std::env::var("CRT_TEST_DB").unwrap_or_default().as_str() {
+            "" | "sqlite" => TestEnv { dir, database_url: None, pg: None },
+            "postgres" => {
+                let admin =
+                    std::env::var("CRT_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+                        panic!(
+                            "CRT_TEST_DB=postgres needs CRT_TEST_POSTGRES_URL (the admin URL of a Postgres server \
+                         whose role may CREATE DATABASE); run `eval \"$(scripts/ci-postgres.sh)\"`"
+                        )
+                    });
                 let name = format!(
                     "crt_test_{}_{}",
                     std::process::id(),
@@ -88,7 +99,7 @@ impl TestEnv {
                 let url = with_database(&admin, &name);
                 TestEnv { dir, database_url: Some(url), pg: Some((admin, name)) }
             }
-            _ => TestEnv { dir, database_url: None, pg: None },
+            other => panic!("CRT_TEST_DB={other:?}: expected \"sqlite\" (the default) or \"postgres\""),
         }
     }
 
@@ -133,6 +144,8 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // Runs outlive their server (--on-exit detach): end this test's trainers and jobs.
+        end_attempts_under(self.dir.path());
         if let Some((admin, name)) = self.pg.take() {
             pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
@@ -420,4 +433,75 @@ pub fn train_config(epochs: u64, train_subset: u64) -> Value {
         "optim": { "epochs": epochs, "batch_size": 128 },
         "seed": 1
     })
+}
+
+/// Ends every trainer a test started under `dir`: local process groups (leaders whose command
+/// line names a path under it) and Slurm jobs whose working directory is under it.
+pub fn end_attempts_under(dir: &Path) {
+    for pid in groups_under(dir) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    if let Ok(out) = Command::new("squeue").args(["-h", "-o", "%i %Z"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((id, wd)) = line.split_once(' ') {
+                if Path::new(wd.trim()).starts_with(dir) {
+                    let _ = Command::new("scancel").arg(id).status();
+                }
+            }
+        }
+    }
+}
+
+/// Live process-group leaders whose command line names a path under `dir`.
+pub fn groups_under(dir: &Path) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).map(|g| g.as_raw());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let names = cmdline.split(|&b| b == 0).any(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(dir)
+        });
+        if pgid == Ok(pid) && names && alive(pid as i64) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The trainer under a local supervisor: the other live process in its group.
+pub async fn trainer_pid(supervisor: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else { continue };
+                let pgid =
+                    nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).map(|g| g.as_raw() as i64);
+                if pid != supervisor && pgid == Ok(supervisor) && alive(pid) {
+                    return pid;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no trainer in the supervisor {supervisor}'s group");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every event line of every attempt of a run, parsed, in order.
+pub fn event_log(run_dir: &Path) -> Vec<crt_trainer::events::EventLine> {
+    let mut attempts: Vec<PathBuf> = std::fs::read_dir(run_dir.join("attempts"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    attempts.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()));
+    let mut lines = Vec::new();
+    for a in attempts {
+        let text = std::fs::read_to_string(a.join("events.jsonl")).unwrap_or_default();
+        for l in text.lines().filter(|l| !l.is_empty()) {
+            lines.push(crt_trainer::events::EventLine::parse(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")));
+        }
+    }
+    lines
 }

@@ -1,7 +1,11 @@
 //! CERTIFY or PREDICT over a list of images held in memory: one table row and one `certified` event
 //! per image, progress after each, a stop check between images, and `summary.json` at the end.
 //! Tests call these directly with their own images; the CLI feeds them the dataset's test split.
+//!
+//! A resumed run (`Sink::resume`) keeps the complete rows of the existing table, evaluates (and
+//! reports `certified` for) only the images not in it, appends their rows, and summarizes them all.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,15 +30,18 @@ pub struct LabeledImage<'a> {
     pub pixels: &'a [f32],
 }
 
-/// Where results go: the output directory, the event reporter, and the stop request to honour.
+/// Where results go: the output directory, the event reporter, the stop request to honour, and
+/// whether to continue the table already in the directory (else it is started afresh).
 #[derive(Clone, Copy)]
 pub struct Sink<'a> {
     pub out_dir: &'a Path,
     pub reporter: &'a Reporter,
     pub stop: &'a StopFlag,
+    pub resume: bool,
 }
 
-/// The certificates of the images done; `summary` is None when the run was stopped before the end.
+/// The certificates of the images done (on resume, the rows kept from the table first); `summary`
+/// is None when the run was stopped before the end.
 #[derive(Debug)]
 pub struct CertifyRun {
     pub certificates: Vec<Certificate>,
@@ -122,15 +129,29 @@ fn each_image(
 ) -> anyhow::Result<Pass> {
     std::fs::create_dir_all(sink.out_dir)
         .with_context(|| format!("cannot create the output directory {}", sink.out_dir.display()))?;
-    let mut writer = TableWriter::create(sink.out_dir, table)?;
+    let (mut writer, mut certificates) = if sink.resume {
+        TableWriter::resume(sink.out_dir, table)?
+    } else {
+        (TableWriter::create(sink.out_dir, table)?, Vec::new())
+    };
     let phase = match table {
         Table::Certify => "certify",
         Table::Predict => "predict",
     };
-    let total = images.len() as u64;
-    sink.reporter.progress(phase, 0, total, "images");
-    let mut certificates = Vec::with_capacity(images.len());
-    for image in images {
+    let done: HashSet<u64> = certificates.iter().map(|c| c.idx).collect();
+    let todo: Vec<&LabeledImage> = images.iter().filter(|image| !done.contains(&image.idx)).collect();
+    if sink.resume {
+        sink.reporter.log(format!(
+            "resuming {}: {} images already done, {} to go",
+            writer.path().display(),
+            certificates.len(),
+            todo.len()
+        ));
+    }
+    let total = (certificates.len() + todo.len()) as u64;
+    certificates.reserve(todo.len());
+    sink.reporter.progress(phase, certificates.len() as u64, total, "images");
+    for image in todo {
         if sink.stop.is_raised() {
             sink.reporter.log(format!("stop requested: {} of {total} images done", certificates.len()));
             report_artifact(sink, writer.path(), ArtifactKind::Certificates)?;

@@ -17,7 +17,7 @@ use crate::models::Model;
 /// `crt-trainer certify`: Cohen et al.'s CERTIFY on the test split.
 pub fn run_certify(config: &CertifyConfig, ctx: &Context) -> anyhow::Result<Outcome> {
     let job = Job::prepare(&config.model, &config.data_dir, &config.smoothing, ctx)?;
-    let run = certify_images(&job.model, &job.images(), &job.params, job.sink(&config.out_dir, ctx))?;
+    let run = certify_images(&job.model, &job.images(), &job.params, job.sink(&config.out_dir, config.resume, ctx))?;
     Ok(match run.summary {
         Some(summary) => Outcome::Finished { summary: summary.metrics() },
         None => Outcome::Stopped { checkpoint: None },
@@ -27,7 +27,7 @@ pub fn run_certify(config: &CertifyConfig, ctx: &Context) -> anyhow::Result<Outc
 /// `crt-trainer predict`: Cohen et al.'s PREDICT on the test split.
 pub fn run_predict(config: &PredictConfig, ctx: &Context) -> anyhow::Result<Outcome> {
     let job = Job::prepare(&config.model, &config.data_dir, &config.smoothing, ctx)?;
-    let run = predict_images(&job.model, &job.images(), &job.params, job.sink(&config.out_dir, ctx))?;
+    let run = predict_images(&job.model, &job.images(), &job.params, job.sink(&config.out_dir, config.resume, ctx))?;
     Ok(match run.summary {
         Some(summary) => Outcome::Finished { summary: summary.metrics() },
         None => Outcome::Stopped { checkpoint: None },
@@ -80,8 +80,8 @@ impl Job {
             .collect()
     }
 
-    fn sink<'a>(&self, out_dir: &'a Path, ctx: &'a Context) -> Sink<'a> {
-        Sink { out_dir, reporter: ctx.reporter, stop: &ctx.stop }
+    fn sink<'a>(&self, out_dir: &'a Path, resume: bool, ctx: &'a Context) -> Sink<'a> {
+        Sink { out_dir, reporter: ctx.reporter, stop: &ctx.stop, resume }
     }
 }
 

@@ -73,6 +73,9 @@ pub struct SmoothedArgs {
     /// Output directory [default: out].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep the rows already in the output directory's table and do only the images not in it.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl CertifyArgs {
@@ -88,12 +91,14 @@ impl CertifyArgs {
                 data_dir: PathBuf::from("data"),
                 smoothing: SmoothingConfig::default(),
                 out_dir: PathBuf::from("out"),
+                resume: false,
             },
         };
         if let Some(n0) = self.n0 {
             cfg.smoothing.n0 = n0;
         }
         self.common.apply(&mut cfg.model, &mut cfg.data_dir, &mut cfg.smoothing, &mut cfg.out_dir)?;
+        cfg.resume |= self.common.resume;
         let run = RunConfig::Certify(cfg);
         run.validate().map_err(flag_error)?;
         Ok(run)
@@ -113,9 +118,11 @@ impl PredictArgs {
                 data_dir: PathBuf::from("data"),
                 smoothing: SmoothingConfig::default(),
                 out_dir: PathBuf::from("out"),
+                resume: false,
             },
         };
         self.common.apply(&mut cfg.model, &mut cfg.data_dir, &mut cfg.smoothing, &mut cfg.out_dir)?;
+        cfg.resume |= self.common.resume;
         let run = RunConfig::Predict(cfg);
         run.validate().map_err(flag_error)?;
         Ok(run)

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod certify;
 pub mod data;
 pub mod run;
+pub mod supervise;
 pub mod train;
 pub mod transfer;
 
@@ -62,6 +63,9 @@ pub enum Command {
     Predict(certify::PredictArgs),
     /// Speed of a training step and a certification batch, beside PyTorch's (items/s and ratio).
     Bench(bench::BenchArgs),
+    /// Run a program (normally `crt-trainer run ...`) under supervision: its output into an attempt
+    /// directory, signals forwarded, `exit.json` written when it ends.
+    Supervise(supervise::SuperviseArgs),
     /// Dataset files: `data fetch <dataset> --data-dir DIR`.
     Data {
         #[command(subcommand)]
