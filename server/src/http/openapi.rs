@@ -233,7 +233,16 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "parents": { "type": "array", "items": int, "description": "transfer: [teacher run]; certify/predict: [model run]; train: []" },
             "config": schema_ref("RunConfig"),
             "device": { "type": ["string", "null"], "pattern": "^(auto|cpu|gpu|cuda:[0-9]+)$",
-                "description": "auto (default: a GPU if the server has any, waiting for a free one; else the CPU), cpu, gpu (the first free GPU) or cuda:N (nvidia-smi's index N). One run per GPU at a time. 422 with field `device` when no such GPU is detected" } } }));
+                "description": "auto (default: a GPU if the server has any, waiting for a free one; else the CPU), cpu, gpu (the first free GPU) or cuda:N (nvidia-smi's index N). One run per GPU at a time. 422 with field `device` when no such GPU is detected. On Slurm: gpu/cuda:N ask for --gres=gpu:1" },
+            "backend": { "type": ["string", "null"], "enum": ["local", "slurm", null], "description": "Where the run executes (default: the server's --backend)" },
+            "slurm": { "type": ["object", "null"], "additionalProperties": false, "description": "Slurm resources (backend slurm only); gaps filled from the server's --slurm-* defaults",
+                "properties": {
+                    "partition": opt("string"),
+                    "cpus": { "type": ["integer", "null"], "minimum": 1, "maximum": 256 },
+                    "mem_mb": { "type": ["integer", "null"], "minimum": 1, "maximum": 4194304 },
+                    "time_limit_min": { "type": ["integer", "null"], "minimum": 1, "maximum": 525600 },
+                    "gpus": { "type": ["integer", "null"], "minimum": 0, "maximum": 16 },
+                    "extra_args": { "type": "array", "maxItems": 16, "items": { "type": "string", "maxLength": 200, "pattern": "^--" } } } } } }));
     s.insert("RunConfig".into(), json!({ "type": "object", "required": ["kind"], "description":
             "The trainer's RunConfig (crt_trainer::config), tagged by kind. The server sets out_dir, data.data_dir / data_dir, \
              teacher (transfer), model (certify/predict with a parent) and resume.",
@@ -247,7 +256,8 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "created_at": num, "queued_at": num, "started_at": opt("number"), "finished_at": opt("number"),
             "wall_time_s": { "type": "number", "description": "Summed over attempts" },
             "attempt": { "type": "integer", "description": "Trainer processes started so far" },
-            "pid": opt("integer"), "pgid": opt("integer"), "exit_code": opt("integer"), "exit_signal": opt("integer"),
+            "pid": { "type": ["integer", "null"], "description": "Local backend: the attempt's supervisor (its process group holds the trainer)" },
+            "pgid": opt("integer"), "exit_code": opt("integer"), "exit_signal": opt("integer"),
             "error": opt("string"), "summary": { "description": "Final metrics of a finished run" },
             "device_request": { "type": "string", "description": "What the run asked for: auto, cpu, gpu or cuda:N" },
             "device": { "type": ["string", "null"], "description": "Where its latest attempt ran: cpu or cuda:N (the trainer's --device); null until it starts" },
@@ -255,6 +265,17 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
             "resumable": { "type": "boolean" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
+    // The launch fields apart: one json! this size passes serde_json's macro recursion limit.
+    if let Some(Value::Object(props)) = s.get_mut("Run").and_then(|r| r.get_mut("properties")) {
+        props.insert("backend".into(), json!({ "type": "string", "enum": ["local", "slurm"] }));
+        props.insert(
+            "resources".into(),
+            json!({ "description": "The Slurm resources the run asked for (null: the server's defaults)" }),
+        );
+        props.insert("handle".into(), json!({ "type": ["object", "null"], "description": "The current attempt: {backend: local, pid, attempt_dir} or {backend: slurm, job_id, attempt_dir}" }));
+        props.insert("backend_state".into(), json!({ "type": ["object", "null"], "description": "What the backend last said: {state: PENDING, reason} or {state: RUNNING, job_id?, node?, pid?}" }));
+        props.insert("stop_requested_at".into(), opt("number"));
+    }
     s.insert("Devices".into(), json!({ "type": "object", "properties": {
             "cpu": { "type": "object", "properties": {
                 "cores": int, "max_concurrent_runs": { "type": "integer", "description": "CPU runs at once (--max-concurrent-runs)" },
@@ -267,7 +288,8 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "gpu_error": { "type": ["string", "null"], "description": "Why the last nvidia-smi query failed or what it printed that is not a GPU" } } }));
     s.insert(
         "MetricPoint".into(),
-        json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num, "value": num } }),
+        json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num,
+            "value": { "type": ["number", "string"], "description": "A number, or \"NaN\", \"Infinity\", \"-Infinity\"" } } }),
     );
     s.insert(
         "MetricHistory".into(),
@@ -308,9 +330,10 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
     );
     s.insert("RunEvent".into(), json!({ "type": "object", "required": ["seq", "run_id", "experiment_id", "ts", "type"], "properties": {
             "seq": int, "run_id": int, "experiment_id": int, "ts": num,
-            "type": { "type": "string", "enum": ["status", "started", "metrics", "progress", "log", "artifact", "certificate"] } },
+            "type": { "type": "string", "enum": ["status", "launched", "backend", "started", "metrics", "progress", "log", "artifact", "certificate"] } },
             "additionalProperties": true,
-            "description": "status: {status, error?, exit_code?, exit_signal?, pid?, device?}; metrics: {step, epoch, values}; \
+            "description": "status: {status, error?, exit_code?, exit_signal?, attempt?, device?, where?}; launched: {attempt, device, handle}; \
+                backend: the backend's new state (see Run.backend_state); metrics: {step, epoch, values} (non-finite values as \"NaN\", \"Infinity\", \"-Infinity\"); \
                 progress: {phase, done, total, unit}; log: {id, stream, level, line}; artifact: Artifact; certificate: Certificate; \
                 started: {version, device, threads, resumed_from_step}" }));
     Value::Object(s)

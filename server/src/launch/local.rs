@@ -53,10 +53,48 @@ pub fn spawn(argv: &[String], run_dir: &Path, attempt_dir: &Path, device: Device
         format!("cannot start the trainer {} (set {flag})", argv[0])
     })?;
     let pid = child.id().context("a just-spawned child has a pid")? as i32;
+    children().lock().expect("children lock").insert(pid, None);
     tokio::spawn(async move {
-        let _ = child.wait().await;
+        if let Ok(status) = child.wait().await {
+            use std::os::unix::process::ExitStatusExt;
+            children().lock().expect("children lock").insert(pid, Some((status.code(), status.signal())));
+        }
     });
     Ok(pid)
+}
+
+/// A wait status: (exit code, signal).
+pub type WaitStatus = (Option<i32>, Option<i32>);
+
+/// Supervisors this server started: None while not reaped, then their wait status.
+fn children() -> &'static std::sync::Mutex<std::collections::HashMap<i32, Option<WaitStatus>>> {
+    static CHILDREN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<i32, Option<WaitStatus>>>> =
+        std::sync::OnceLock::new();
+    CHILDREN.get_or_init(Default::default)
+}
+
+/// What this server knows of a supervisor as its parent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AsParent {
+    /// Not started by this server (e.g. found again after a restart).
+    NotOurs,
+    /// Started here and not reaped yet (it may have exited a moment ago).
+    NotReaped,
+    /// Started here and reaped, with its wait status (taken once).
+    Exited(WaitStatus),
+}
+
+pub fn as_parent(pid: i32) -> AsParent {
+    let mut map = children().lock().expect("children lock");
+    match map.get(&pid) {
+        None => AsParent::NotOurs,
+        Some(None) => AsParent::NotReaped,
+        Some(Some(status)) => {
+            let status = *status;
+            map.remove(&pid);
+            AsParent::Exited(status)
+        }
+    }
 }
 
 /// Whether `pid` is a live supervisor of this attempt (a group leader whose command line names

@@ -98,6 +98,12 @@ pub enum Observed {
     Gone {
         why: Option<String>,
     },
+    /// The supervisor this server started exited with this wait status (code, signal): what
+    /// there is to go on when it wrote no exit record (e.g. --trainer-bin is not a crt-trainer).
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Cannot tell now (e.g. `squeue` failed); ask again later.
     Unknown,
 }
@@ -203,9 +209,12 @@ impl Launcher {
         match handle {
             Handle::Local { pid, attempt_dir } => {
                 if local::is_supervisor(*pid, attempt_dir) {
-                    Observed::Running { node: None }
-                } else {
-                    Observed::Gone { why: None }
+                    return Observed::Running { node: None };
+                }
+                match local::as_parent(*pid) {
+                    local::AsParent::NotReaped => Observed::Running { node: None },
+                    local::AsParent::Exited((code, signal)) => Observed::Exited { code, signal },
+                    local::AsParent::NotOurs => Observed::Gone { why: None },
                 }
             }
             Handle::Slurm { job_id, .. } => self.slurm.observe(job_id).await,

@@ -161,7 +161,7 @@ impl RunManager {
         };
         let checked = validate::check_config(&req.config, &parents, &self.settings.datasets_dir)?;
         let placement = validate::check_placement(&req, self.settings.backend)?;
-        let device = req.device.unwrap_or_default();
+        let device = placement.device;
         if placement.backend == BackendKind::Local {
             let gpus = self.gpus.snapshot();
             placement::check(device, &gpus.indices(), gpus.error.as_deref())
@@ -176,7 +176,6 @@ impl RunManager {
             "",
             checked.kind.as_str(),
             &checked.columns,
-            device,
             &placement,
             now,
         )

@@ -72,6 +72,8 @@ pub enum Ended<'a> {
     /// No exit record: the process or job vanished (SIGKILL to the supervisor, a lost node, an
     /// outside `scancel` past its kill wait); `why` in words when the backend knows.
     Vanished { why: Option<&'a str> },
+    /// No exit record, but the supervisor's own wait status is known (this server started it).
+    Unrecorded { code: Option<i32>, signal: Option<i32> },
 }
 
 /// The run's final status from how the attempt ended and the trainer's last terminal event
@@ -95,6 +97,7 @@ pub fn classify(
     let (code, signal) = match ended {
         Ended::Record(r) => (r.code, r.signal),
         Ended::Vanished { .. } => (None, None),
+        Ended::Unrecorded { code, signal } => (code, signal),
     };
     let (status, error) = match ended {
         Ended::Vanished { .. } if terminal == Some(&Terminal::Finished) => (RunStatus::Finished, None),
@@ -108,6 +111,19 @@ pub fn classify(
             (RunStatus::Crashed, Some(format!("{why}. Resume the run to continue from its last checkpoint{}", tail())))
         }
         Ended::Record(r) => classify_record(r, terminal, stop_requested, backend, &tail),
+        Ended::Unrecorded { .. } if stop_requested => (RunStatus::Stopped, Some("stopped".to_string())),
+        Ended::Unrecorded { code: Some(code), .. } => (
+            RunStatus::Failed,
+            Some(format!(
+                "the trainer's supervisor exited with status {code} without an exit record (is the trainer \
+                 executable a crt-trainer with `supervise`?){}",
+                tail()
+            )),
+        ),
+        Ended::Unrecorded { signal, .. } => {
+            let sig = signal.map(signal_name).unwrap_or_else(|| "an unknown signal".into());
+            (RunStatus::Crashed, Some(format!("the trainer's supervisor was killed by {sig}{}", tail())))
+        }
     };
     Ending { status, exit_code: code.map(i64::from), exit_signal: signal.map(i64::from), error, wall_time_s }
 }

@@ -113,6 +113,7 @@ impl RunManager {
         let dir = handle.attempt_dir().to_path_buf();
         // Read the exit record before the logs: everything it covers is then in the files.
         if let Some(exit) = ExitRecord::read(&dir)? {
+            self.note_ran(&run, &handle, &exit).await?;
             self.catch_up(&run, &dir, true).await?;
             self.finish(id, Ended::Record(&exit)).await?;
             return Ok(Step::Done);
@@ -133,11 +134,24 @@ impl RunManager {
             Observed::Gone { why } => {
                 // The exit record may have been written between the two looks.
                 let ended = ExitRecord::read(&dir)?;
+                if let Some(exit) = &ended {
+                    self.note_ran(&run, &handle, exit).await?;
+                }
                 let run = store::runs::get(&self.store.pool, id).await?.unwrap_or(run);
                 self.catch_up(&run, &dir, true).await?;
                 match &ended {
                     Some(exit) => self.finish(id, Ended::Record(exit)).await?,
                     None => self.finish(id, Ended::Vanished { why: why.as_deref() }).await?,
+                }
+                return Ok(Step::Done);
+            }
+            Observed::Exited { code, signal } => {
+                let ended = ExitRecord::read(&dir)?;
+                let run = store::runs::get(&self.store.pool, id).await?.unwrap_or(run);
+                self.catch_up(&run, &dir, true).await?;
+                match &ended {
+                    Some(exit) => self.finish(id, Ended::Record(exit)).await?,
+                    None => self.finish(id, Ended::Unrecorded { code, signal }).await?,
                 }
                 return Ok(Step::Done);
             }
@@ -169,6 +183,25 @@ impl RunManager {
         w.commit().await
     }
 
+    /// An attempt that ended before the backend was ever seen running it (a short Slurm job
+    /// that started and ended between two polls): the run is marked `running` first, where and
+    /// when its exit record says, so it does not go from `queued` (and PENDING) to its end.
+    async fn note_ran(&self, run: &Run, handle: &Handle, exit: &ExitRecord) -> anyhow::Result<()> {
+        if run.status != RunStatus::Queued {
+            return Ok(());
+        }
+        let state = match handle {
+            Handle::Local { pid, .. } => json!({ "state": "RUNNING", "pid": pid }),
+            Handle::Slurm { job_id, .. } => json!({ "state": "RUNNING", "job_id": job_id, "node": exit.host }),
+        };
+        let mut w = self.store.write().await?;
+        store::runs::set_backend_state(w.conn(), run.id, &state).await?;
+        store::runs::set_running(w.conn(), run.id, exit.started_at).await?;
+        let data = json!({ "status": "running", "attempt": run.attempt, "device": run.device, "where": state });
+        w.journal(run.id, run.experiment_id, "status", data).await?;
+        w.commit().await
+    }
+
     /// Records what the attempt's files hold beyond the stored offsets; whether there was any.
     /// `last`: the attempt has ended, so a final line without its newline counts too.
     async fn catch_up(&self, run: &Run, dir: &Path, last: bool) -> anyhow::Result<bool> {
@@ -194,7 +227,7 @@ impl RunManager {
         let last = store::logs::last_trainer_lines(&self.store.pool, id, TAIL_LINES).await?;
         let wall = match ended {
             Ended::Record(r) => (r.ended_at - r.started_at).max(0.0),
-            Ended::Vanished { .. } => {
+            Ended::Vanished { .. } | Ended::Unrecorded { .. } => {
                 let last_ts = store::journal::last_ts(&self.store.pool, id).await?;
                 match (run.started_at, last_ts) {
                     (Some(s), Some(l)) if l > s => l - s,

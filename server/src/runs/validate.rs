@@ -46,7 +46,7 @@ pub fn check_placement(req: &CreateRunRequest, default: BackendKind) -> Result<P
         }
         res.validate().map_err(|(field, message)| FieldError::new(format!("slurm.{field}"), message))?;
     }
-    Ok(Placement { backend, resources: req.slurm.clone() })
+    Ok(Placement { device: req.device.unwrap_or_default(), backend, resources: req.slurm.clone() })
 }
 
 /// A request field that is wrong, and what is allowed.

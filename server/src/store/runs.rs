@@ -161,9 +161,10 @@ fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
     })
 }
 
-/// Where a new run is to execute.
+/// Where a new run is to execute: the device it asks for, the backend and its resources.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
+    pub device: DeviceRequest,
     pub backend: BackendKind,
     pub resources: Option<SlurmResources>,
 }
@@ -176,7 +177,6 @@ pub async fn insert(
     name: &str,
     kind: &str,
     columns: &ConfigColumns,
-    device_request: DeviceRequest,
     placement: &Placement,
     now: f64,
 ) -> anyhow::Result<i64> {
@@ -194,7 +194,7 @@ pub async fn insert(
     .bind(columns.dataset.clone())
     .bind(columns.sigma)
     .bind(now)
-    .bind(device_request.to_string())
+    .bind(placement.device.to_string())
     .bind(placement.backend.as_str())
     .bind(placement.resources.as_ref().map(|r| serde_json::to_string(r).expect("resources serialize")))
     .fetch_one(&mut *conn)

@@ -1,5 +1,5 @@
 //! Test harness: the real `crt-server` binary on an ephemeral port with a fresh database
-//! (a SQLite file in a tempdir, or a new Postgres database when `CRT_TEST_POSTGRES_URL` is set),
+//! (a SQLite file in a tempdir, or a new Postgres database with `CRT_TEST_DB=postgres`),
 //! the real `crt-trainer` next to it, and MNIST from a shared cache (`CRT_DATA_DIR`, default
 //! `<repo>/target/crt-data`). Everything is driven over HTTP.
 
