@@ -297,6 +297,13 @@ async fn pending_job_is_queued_and_stops() {
     assert_eq!(r["status"], "queued", "{r:#}");
     assert!(r["backend_state"]["reason"].as_str().is_some_and(|s| !s.is_empty()), "{r:#}");
     let job = job_id(&r);
+    let out = std::process::Command::new("squeue").args(["-h", "-t", "all", "-o", "%i %j"]).output().unwrap();
+    let jobs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(&format!(" crt-{run}")))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(jobs, vec![job.clone()], "one job for the queued run, not one per scheduling pass");
     // Still pending a few polls later (not a sleep-as-assertion: it must not have started).
     let seen = Instant::now();
     while seen.elapsed() < Duration::from_secs(3) {
@@ -316,4 +323,21 @@ async fn pending_job_is_queued_and_stops() {
     let out = String::from_utf8_lossy(&out.stdout);
     let state = out.lines().find_map(|l| l.strip_prefix(&format!("{job} "))).unwrap_or("(purged)");
     assert!(matches!(state, "CANCELLED" | "(purged)"), "job {job}: {state}");
+}
+
+/// sbatch refuses the job (no such partition): the run fails with sbatch's words.
+#[tokio::test]
+async fn rejected_submission_fails_the_run() {
+    if !have_slurm() {
+        return;
+    }
+    let env = TestEnv::new();
+    let server = env.server();
+    let exp = server.create_experiment("slurm rejected").await;
+    let slurm = json!({ "partition": "no-such-partition" });
+    let run = create_slurm_run(&server, exp, &[], train_config(1, 256), Some(slurm)).await;
+    let r = server.wait_run(run, Duration::from_secs(60), "the end", |r| r["status"] != "queued").await;
+    assert_eq!(r["status"], "failed", "{r:#}");
+    let err = error_of(&r);
+    assert!(err.contains("sbatch") && err.contains("partition"), "{err}");
 }
