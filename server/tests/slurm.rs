@@ -297,11 +297,14 @@ async fn pending_job_is_queued_and_stops() {
     assert_eq!(r["status"], "queued", "{r:#}");
     assert!(r["backend_state"]["reason"].as_str().is_some_and(|s| !s.is_empty()), "{r:#}");
     let job = job_id(&r);
-    let out = std::process::Command::new("squeue").args(["-h", "-t", "all", "-o", "%i %j"]).output().unwrap();
+    // This test's jobs by their working directory (job names repeat across tests: run ids are
+    // per database, and finished jobs stay listed for MinJobAge).
+    let out = std::process::Command::new("squeue").args(["-h", "-t", "all", "-o", "%i %Z"]).output().unwrap();
     let jobs: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.ends_with(&format!(" crt-{run}")))
-        .map(|l| l.split(' ').next().unwrap().to_string())
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, wd)| Path::new(wd.trim()).starts_with(env.dir.path()))
+        .map(|(id, _)| id.to_string())
         .collect();
     assert_eq!(jobs, vec![job.clone()], "one job for the queued run, not one per scheduling pass");
     // Still pending a few polls later (not a sleep-as-assertion: it must not have started).
