@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{alive, event_log, signal, train_config, trainer_pid, TestEnv};
+use common::{alive, assert_stored_equals_log, event_log, signal, train_config, trainer_pid, TestEnv};
 use crt_trainer::events::Event;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -104,77 +104,6 @@ async fn sigkill_crashes_and_resume_continues() {
         logs["lines"].as_array().unwrap().iter().any(|l| l["line"].as_str().unwrap().contains("resumed from step")),
         "the trainer continued from its checkpoint"
     );
-}
-
-/// What the API stored for a run equals its trainer's event log, event type by event type:
-/// every metric value, log event, certificate and artifact, none lost and none twice.
-async fn assert_stored_equals_log(server: &common::Server, run: i64) {
-    let r = server.run(run).await;
-    let log = event_log(std::path::Path::new(r["out_dir"].as_str().unwrap()));
-    assert!(!log.is_empty(), "the run has an event log");
-    let mut want_points = BTreeSet::new();
-    let (mut want_logs, mut want_certs, mut want_artifacts) = (Vec::new(), Vec::new(), BTreeSet::new());
-    let mut metric_events = 0;
-    for line in &log {
-        match &line.event {
-            Event::Metrics { step, values, .. } => {
-                metric_events += 1;
-                for (k, v) in values {
-                    want_points.insert((k.clone(), *step as i64, v.to_bits()));
-                }
-            }
-            Event::Log { message, .. } => want_logs.push(message.clone()),
-            Event::Certified(c) => want_certs.push(c.idx),
-            Event::Artifact { path, .. } => {
-                want_artifacts.insert(path.rsplit('/').next().unwrap().to_string());
-            }
-            _ => {}
-        }
-    }
-    let (st, body) = server.get(&format!("/api/v1/runs/{run}/metrics")).await;
-    assert_eq!(st, StatusCode::OK);
-    let mut got_points = BTreeSet::new();
-    for (key, series) in body["metrics"].as_object().unwrap() {
-        for p in series["points"].as_array().unwrap() {
-            let v = p["value"].as_f64().unwrap();
-            assert!(
-                got_points.insert((key.clone(), p["step"].as_i64().unwrap(), v.to_bits())),
-                "point {key} {} twice",
-                p["step"]
-            );
-        }
-    }
-    assert_eq!(got_points, want_points, "metric values: stored vs event log");
-    let logs = server.get(&format!("/api/v1/runs/{run}/logs?stream=trainer&limit=10000")).await.1;
-    let got_logs: Vec<String> =
-        logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
-    assert_eq!(got_logs, want_logs, "trainer log events: stored vs event log");
-    let certs = server.get(&format!("/api/v1/runs/{run}/certificates?limit=100000")).await.1;
-    if !want_certs.is_empty() {
-        let mut got: Vec<u64> = certs.as_array().unwrap().iter().map(|c| c["idx"].as_u64().unwrap()).collect();
-        got.sort_unstable();
-        let mut want = want_certs.clone();
-        want.sort_unstable();
-        want.dedup();
-        assert_eq!(got, want, "certificates: stored vs event log");
-    }
-    let artifacts = server.get(&format!("/api/v1/runs/{run}/artifacts")).await.1;
-    for name in &want_artifacts {
-        assert!(
-            artifacts.as_array().unwrap().iter().any(|a| a["path"].as_str().unwrap().ends_with(name.as_str())),
-            "artifact {name} stored"
-        );
-    }
-    // The journal (what SSE replays) holds one entry per metrics event.
-    let mut sse = common::SseClient::connect(server, &format!("/api/v1/runs/{run}/events"), None).await;
-    let (mut journal_metrics, mut ids) = (0, BTreeSet::new());
-    while let Some(ev) = sse.next(Duration::from_secs(2)).await {
-        assert!(ids.insert(ev.id.unwrap()), "event id {:?} twice", ev.id);
-        if ev.event == "metrics" {
-            journal_metrics += 1;
-        }
-    }
-    assert_eq!(journal_metrics, metric_events, "journal metrics entries vs event log");
 }
 
 #[tokio::test]

@@ -344,3 +344,27 @@ async fn rejected_submission_fails_the_run() {
     let err = error_of(&r);
     assert!(err.contains("sbatch") && err.contains("partition"), "{err}");
 }
+
+/// The server is SIGKILLed while a Slurm job runs and restarted: the job goes on, the server
+/// catches up, and what it stored equals the trainer's event log.
+#[tokio::test]
+async fn server_killed_while_a_job_runs_loses_nothing() {
+    if !have_slurm() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut server = env.server();
+    let exp = server.create_experiment("slurm restart").await;
+    let run = create_slurm_run(&server, exp, &[], train_config(6, 2000), None).await;
+    let r = wait_running_with_metrics(&server, run).await;
+    let job = job_id(&r);
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let server = env.server();
+    let r = server.run(run).await;
+    assert!(["running", "finished"].contains(&r["status"].as_str().unwrap()), "re-attached: {r:#}");
+    assert_eq!(job_id(&r), job, "the same job");
+    let r = server.wait_status(run, "finished", Duration::from_secs(600)).await;
+    assert_eq!(r["attempt"], 1);
+    common::assert_stored_equals_log(&server, run).await;
+}

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{Active, RunManager, RunStatus};
 use crate::devices::placement::{Decision, Slots};
 use crate::devices::{Device, DeviceRequest};
-use crate::launch::{Attempt, BackendKind};
+use crate::launch::{Attempt, BackendKind, Handle};
 use crate::store;
 use crate::store::runs::{Ending, Run};
 
@@ -117,6 +117,15 @@ impl RunManager {
             store::runs::set_launched(w.conn(), run.id, &handle, device).await?;
             let data = json!({ "status": "launched", "attempt": run.attempt + 1, "device": device, "handle": handle });
             w.journal(run.id, run.experiment_id, "launched", data).await?;
+            if let Handle::Local { pid, .. } = &handle {
+                // A local attempt runs from the moment it is spawned (a Slurm job may wait in the
+                // queue: supervision marks it running when Slurm says so).
+                store::runs::set_running(w.conn(), run.id, crt_trainer::events::unix_now()).await?;
+                let state = json!({ "state": "RUNNING", "pid": pid });
+                store::runs::set_backend_state(w.conn(), run.id, &state).await?;
+                let data = json!({ "status": "running", "attempt": run.attempt + 1, "device": device, "where": state });
+                w.journal(run.id, run.experiment_id, "status", data).await?;
+            }
             w.commit().await
         }
         .await;

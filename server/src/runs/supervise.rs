@@ -55,11 +55,17 @@ impl RunManager {
         }
         let launched = store::runs::launched(&self.store.pool).await?;
         let mut ours = Vec::new();
+        // A Slurm job may run on this very machine (a node of the cluster): its supervisor is a
+        // process group under the runs directory too, and not a stray.
+        let mut jobs_here = Vec::new();
         for run in launched {
             let Some(handle) = &run.handle else { continue };
             match handle {
                 Handle::Local { pid, .. } => ours.push(*pid),
-                Handle::Slurm { job_id, .. } => self.launcher.slurm.watch(job_id),
+                Handle::Slurm { job_id, attempt_dir } => {
+                    self.launcher.slurm.watch(job_id);
+                    jobs_here.push(attempt_dir.clone());
+                }
             }
             tracing::info!(run = run.id, ?handle, "re-attaching to a launched attempt");
             let device = run.device.unwrap_or(crate::devices::Device::Cpu);
@@ -70,7 +76,7 @@ impl RunManager {
         // A process group under the runs directory that no run knows: the previous server died
         // between starting it and storing its handle. It would collide with the run's next start.
         for pid in local::groups_under(&self.settings.runs_dir) {
-            if !ours.contains(&pid) {
+            if !ours.contains(&pid) && !jobs_here.iter().any(|dir| local::is_supervisor(pid, dir)) {
                 tracing::warn!(pid, "ending a stray trainer left by a previous server");
                 local::terminate_orphan(pid, pid, Duration::from_secs(5)).await?;
             }
@@ -196,7 +202,9 @@ impl RunManager {
         };
         let mut w = self.store.write().await?;
         store::runs::set_backend_state(w.conn(), run.id, &state).await?;
-        store::runs::set_running(w.conn(), run.id, exit.started_at).await?;
+        // The record's start time when it has one (a stand-in supervisor may write 0).
+        let started = if exit.started_at > 0.0 { exit.started_at } else { unix_now() };
+        store::runs::set_running(w.conn(), run.id, started).await?;
         let data = json!({ "status": "running", "attempt": run.attempt, "device": run.device, "where": state });
         w.journal(run.id, run.experiment_id, "status", data).await?;
         w.commit().await
