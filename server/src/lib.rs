@@ -15,6 +15,7 @@ pub mod study;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,15 @@ pub async fn serve(cli: Cli) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(data_dir = %settings.data_dir.display(), database = %store::redact(&settings.database_url), "serving on http://{addr}");
 
-    let app = http::router(AppState { store, manager: manager.clone(), settings, shutdown: shutdown.clone() });
+    let cluster = match settings.backend {
+        launch::BackendKind::Slurm => {
+            let monitor = devices::cluster::ClusterMonitor::detect(settings.slurm_defaults.partition.clone()).await;
+            monitor.spawn_refresh(Duration::from_secs(10), shutdown.clone());
+            Some(monitor)
+        }
+        launch::BackendKind::Local => None,
+    };
+    let app = http::router(AppState { store, manager: manager.clone(), settings, shutdown: shutdown.clone(), cluster });
     let on_signal = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -368,3 +368,22 @@ async fn server_killed_while_a_job_runs_loses_nothing() {
     assert_eq!(r["attempt"], 1);
     common::assert_stored_equals_log(&server, run).await;
 }
+
+/// With Slurm as the backend the compute card lists the partition's nodes (`sinfo`); without it,
+/// there is no Slurm section.
+#[tokio::test]
+async fn devices_list_the_slurm_nodes() {
+    if !have_slurm() {
+        return;
+    }
+    let env = TestEnv::new();
+    let server = env.server_with(&["--backend", "slurm", "--slurm-partition", "debug"]);
+    let (st, d) = server.get("/api/v1/devices").await;
+    assert_eq!(st, StatusCode::OK);
+    let host = String::from_utf8(std::process::Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap();
+    let nodes = d["slurm"]["nodes"].as_array().unwrap_or_else(|| panic!("{d:#}"));
+    assert_eq!(d["slurm"]["partition"], "debug");
+    assert!(nodes.iter().any(|n| n["name"] == host.trim() && n["cpus"] == 8), "{d:#}");
+    let local = env.server();
+    assert_eq!(local.get("/api/v1/devices").await.1["slurm"], Value::Null);
+}

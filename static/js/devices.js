@@ -46,6 +46,33 @@ function gpuItem(g) {
   );
 }
 
+const slurmBox = document.getElementById('devices-slurm');
+const slurmTitle = document.getElementById('devices-slurm-title');
+const slurmNodes = document.getElementById('devices-slurm-nodes');
+const slurmError = document.getElementById('devices-slurm-error');
+
+/** One Slurm node: name, state, CPUs and GPUs (gres). */
+function nodeItem(n) {
+  const gres = n.gres ? ` · ${n.gres}` : '';
+  return el(
+    'li',
+    { class: 'device', 'data-node': n.name },
+    el('div', { class: 'device-head' },
+      el('span', { class: 'device-name' }, el('code', {}, n.name), ` ${n.cpus} CPUs${gres}`),
+      el('span', { class: 'chip' }, n.state)),
+  );
+}
+
+function renderSlurm(slurm) {
+  if (!slurmBox) return;
+  slurmBox.hidden = !slurm;
+  if (!slurm) return;
+  slurmTitle.textContent = `Slurm partition ${slurm.partition || '(all)'}: ${slurm.nodes.length} nodes`;
+  slurmNodes.replaceChildren(...slurm.nodes.map(nodeItem));
+  slurmError.hidden = !slurm.error;
+  slurmError.textContent = slurm.error || '';
+}
+
 let shown = null;
 
 function render(devices) {
@@ -59,6 +86,7 @@ function render(devices) {
   none.hidden = devices.gpus.length > 0;
   error.hidden = !devices.gpu_error;
   error.textContent = devices.gpu_error || '';
+  renderSlurm(devices.slurm);
 }
 
 async function refresh() {

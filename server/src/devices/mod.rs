@@ -1,6 +1,7 @@
 //! The machine's compute devices: GPUs found by `nvidia-smi` (none when it is absent), kept
 //! fresh by a background task for their utilisation and memory, and where runs are placed.
 
+pub mod cluster;
 pub mod placement;
 pub mod smi;
 

@@ -5,6 +5,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::AppState;
+use crate::devices::cluster::ClusterSnapshot;
 use crate::devices::{Device, Gpu};
 
 #[derive(Debug, Clone, Serialize)]
@@ -13,6 +14,8 @@ pub struct DevicesView {
     pub gpus: Vec<GpuView>,
     /// Why GPU detection failed or printed something unexpected; null when all is well.
     pub gpu_error: Option<String>,
+    /// The Slurm partition's nodes (`sinfo`), when Slurm is the server's backend; else null.
+    pub slurm: Option<ClusterSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +46,7 @@ pub fn view(app: &AppState) -> DevicesView {
         },
         gpus: snapshot.gpus.into_iter().map(|gpu| GpuView { busy_run: busy_run(gpu.index), gpu }).collect(),
         gpu_error: snapshot.error,
+        slurm: app.cluster.as_ref().map(|c| c.snapshot()),
     }
 }
 

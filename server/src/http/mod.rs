@@ -30,6 +30,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown; ends the event streams.
     pub shutdown: CancellationToken,
+    /// The Slurm cluster's nodes, when Slurm is the server's backend.
+    pub cluster: Option<Arc<crate::devices::cluster::ClusterMonitor>>,
 }
 
 /// The whole application: each part (`api`, `pages`, …) contributes a `Router<AppState>`.

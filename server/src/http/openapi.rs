@@ -285,7 +285,8 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
                 "name": str_, "uuid": str_,
                 "utilization_pct": opt("number"), "memory_used_mib": opt("integer"), "memory_total_mib": opt("integer"),
                 "busy_run": { "type": ["integer", "null"], "description": "The run on this GPU (one at a time)" } } } },
-            "gpu_error": { "type": ["string", "null"], "description": "Why the last nvidia-smi query failed or what it printed that is not a GPU" } } }));
+            "gpu_error": { "type": ["string", "null"], "description": "Why the last nvidia-smi query failed or what it printed that is not a GPU" },
+            "slurm": { "type": ["object", "null"], "description": "With --backend slurm: {partition, nodes: [{name, state, cpus, gres, partition}], error} from sinfo, refreshed every 10 s" } } }));
     s.insert(
         "MetricPoint".into(),
         json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num,
