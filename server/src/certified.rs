@@ -2,6 +2,8 @@
 //! r, the fraction of test images whose smoothed prediction is correct and certified with
 //! radius ≥ r; and the average certified radius (ACR, 0 for wrong or abstained images).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crt_trainer::events::Certificate;
@@ -23,6 +25,57 @@ pub struct CertSummary {
     pub acr: f64,
     pub mean_time_s: f64,
     pub radii: Vec<RadiusAccuracy>,
+    /// Sequential certification (docs/certification.md): estimation samples per image; absent when
+    /// no image records them (fixed-N CERTIFY, PREDICT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SamplesUsed>,
+    /// Images by lower confidence bound on p_A, in [`P_LOWER_BINS`] bins of equal width over [0, 1]
+    /// (images without a bound, PREDICT's, are not counted).
+    pub p_lower_histogram: Vec<usize>,
+}
+
+/// Bins of [`CertSummary::p_lower_histogram`].
+pub const P_LOWER_BINS: usize = 20;
+
+/// The distribution of the estimation samples the images of a sequential run used.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SamplesUsed {
+    pub mean: f64,
+    pub min: u64,
+    pub median: u64,
+    pub p90: u64,
+    pub max: u64,
+    /// Images per decision (`certified`, `not_certified`, `converged`, `abstain`, `cap`).
+    pub decisions: BTreeMap<String, usize>,
+}
+
+fn samples_used(certs: &[Certificate]) -> Option<SamplesUsed> {
+    let mut used: Vec<u64> = certs.iter().filter_map(|c| c.samples).collect();
+    if used.is_empty() {
+        return None;
+    }
+    used.sort_unstable();
+    let at = |q: f64| used[((used.len() as f64 * q).ceil() as usize).clamp(1, used.len()) - 1];
+    let mut decisions = BTreeMap::new();
+    for d in certs.iter().filter_map(|c| c.decision.clone()) {
+        *decisions.entry(d).or_default() += 1;
+    }
+    Some(SamplesUsed {
+        mean: used.iter().sum::<u64>() as f64 / used.len() as f64,
+        min: used[0],
+        median: at(0.5),
+        p90: at(0.9),
+        max: used[used.len() - 1],
+        decisions,
+    })
+}
+
+fn p_lower_histogram(certs: &[Certificate]) -> Vec<usize> {
+    let mut bins = vec![0; P_LOWER_BINS];
+    for p in certs.iter().filter_map(|c| c.p_lower).filter(|p| p.is_finite()) {
+        bins[((p.clamp(0.0, 1.0) * P_LOWER_BINS as f64) as usize).min(P_LOWER_BINS - 1)] += 1;
+    }
+    bins
 }
 
 /// 0, 0.25, 0.5, … up to the largest certified radius (at least 1.0).
@@ -54,6 +107,8 @@ pub fn summarize(certs: &[Certificate], radii: &[f64]) -> CertSummary {
                 RadiusAccuracy { radius: r, certified_accuracy: frac(count), count }
             })
             .collect(),
+        samples: samples_used(certs),
+        p_lower_histogram: p_lower_histogram(certs),
     }
 }
 
@@ -62,7 +117,17 @@ mod tests {
     use super::*;
 
     fn cert(idx: u64, correct: bool, predict: i64, radius: f64) -> Certificate {
-        Certificate { idx, label: 1, predict, radius: Some(radius), correct, count_a: None, p_lower: None, time: 0.5 }
+        Certificate {
+            idx,
+            label: 1,
+            predict,
+            radius: Some(radius),
+            correct,
+            count_a: None,
+            p_lower: None,
+            time: 0.5,
+            ..Certificate::default()
+        }
     }
 
     #[test]
@@ -84,6 +149,28 @@ mod tests {
         let s = summarize(&[cert(0, false, 3, 0.9), cert(1, false, -1, 0.0)], &[0.0]);
         assert_eq!(s.acr, 0.0);
         assert!(s.acr.is_sign_positive(), "ACR {:?}", s.acr);
+    }
+
+    #[test]
+    fn samples_and_p_lower_histogram() {
+        let fixed = Certificate { p_lower: Some(0.97), ..cert(0, true, 1, 0.3) };
+        let s = summarize(std::slice::from_ref(&fixed), &[0.0]);
+        assert_eq!(s.samples, None, "fixed-N rows record no samples");
+        assert_eq!(s.p_lower_histogram.iter().sum::<usize>(), 1);
+        assert_eq!(s.p_lower_histogram[19], 1);
+        let seq = |idx, samples, decision: &str, p| Certificate {
+            samples: Some(samples),
+            decision: Some(decision.into()),
+            p_lower: Some(p),
+            ..cert(idx, true, 1, 0.5)
+        };
+        let certs =
+            [seq(0, 100, "certified", 1.0), seq(1, 400, "certified", 0.96), seq(2, 1600, "not_certified", 0.52)];
+        let s = summarize(&certs, &[0.0]);
+        let used = s.samples.unwrap();
+        assert_eq!((used.mean, used.min, used.median, used.max), (700.0, 100, 400, 1600));
+        assert_eq!(used.decisions.get("certified"), Some(&2));
+        assert_eq!((s.p_lower_histogram[19], s.p_lower_histogram[10]), (2, 1));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crt_trainer::config::{Arch, ConfigError, Dataset, Method, SmoothingConfig};
+use crt_trainer::config::{Arch, ConfigError, Dataset, Method, RunKind, SmoothingConfig};
 
 use crate::runs::{CreateRunRequest, FieldError, RunError, RunManager};
 use crate::store::runs::{Run, RunFilter};
@@ -331,10 +331,10 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
     let filter = RunFilter { experiment_id: Some(experiment_id), limit: 10_000, ..RunFilter::default() };
     let all = runs::list(&store.pool, &filter).await?;
     let done = all.iter().all(|r| !r.status.is_active());
-    let models = all.iter().filter(|r| r.kind == "train" || r.kind == "transfer");
+    let models = all.iter().filter(|r| r.kind.makes_model());
     let mut rows: Vec<StudyRow> = models
         .map(|m| {
-            let cert = all.iter().find(|c| c.kind == "certify" && c.parents.contains(&m.id));
+            let cert = all.iter().find(|c| c.kind == RunKind::Certify && c.parents.contains(&m.id));
             model_row(m, cert)
         })
         .collect();
@@ -353,7 +353,7 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
     }
     let curves = all
         .iter()
-        .filter(|c| c.kind == "certify")
+        .filter(|c| c.kind == RunKind::Certify)
         .filter_map(|c| {
             let role = c.name.strip_prefix("certify/").unwrap_or(&c.name).to_string();
             Some(Curve { role, points: curve_of(c.summary.as_ref()?) })

@@ -37,10 +37,17 @@ async fn metric_ingest_rate() {
     let store = Store::open(&url).await.unwrap();
     let exp = store::experiments::create(&store, "bench", "", &[]).await.unwrap();
     let mut w = store.write().await.unwrap();
-    let run_id =
-        store::runs::insert(w.conn(), exp.id, "bench", "train", &ConfigColumns::default(), &Default::default(), 0.0)
-            .await
-            .unwrap();
+    let run_id = store::runs::insert(
+        w.conn(),
+        exp.id,
+        "bench",
+        crt_trainer::config::RunKind::Train,
+        &ConfigColumns::default(),
+        &Default::default(),
+        0.0,
+    )
+    .await
+    .unwrap();
     w.commit().await.unwrap();
     let mut live = store.subscribe();
 

@@ -3,12 +3,12 @@
 // streams of the experiments the runs belong to.
 
 import { api, pageData } from './api.js';
-import { el, pct, num, duration, coalesce, throttleByKey, DASH } from './dom.js';
+import { el, pct, num, int, duration, coalesce, throttleByKey, DASH } from './dom.js';
 import { subscribe } from './live.js';
 import { ChartSlot, PALETTE, axisLabel } from './charts.js';
 import { MetricStore, CertStore, smooth, positiveOnly, radiusGrid } from './metrics.js';
 import { toCsv, download } from './table.js';
-import { viewOf, certifiedAt, configOf, wallTime, summaryQuery, MODEL_KINDS } from './runs.js';
+import { viewOf, certifiedAt, configOf, wallTime, summaryQuery } from './runs.js';
 
 const data = pageData();
 const radii = data.radii;
@@ -43,6 +43,8 @@ function resultValues(e) {
     sigma: run.sigma,
     r: radii.map((r) => certifiedAt(s, r)),
     acr: s ? s.acr : null,
+    // Sequential certification only: mean estimation samples per image.
+    samples: s && s.samples ? s.samples.mean : null,
     wall,
     speedup: baseWall && wall > 0 ? baseWall / wall : null,
   };
@@ -57,7 +59,7 @@ const renderTable = coalesce(() => {
       el('td', {}, el('span', { class: 'swatch', style: `background:${e.color}` }), el('a', { href: `/runs/${e.view.run.id}` }, v.run), certNote),
       el('td', {}, v.kind), el('td', {}, v.arch ?? DASH), el('td', {}, v.method ?? DASH), el('td', { class: 'num' }, v.sigma ?? DASH),
       v.r.map((x) => el('td', { class: 'num' }, pct(x))),
-      el('td', { class: 'num' }, num(v.acr)),
+      el('td', { class: 'num' }, num(v.acr), v.samples === null ? null : el('div', { class: 'row-sub', title: 'mean estimation samples per image (sequential certification)' }, `${int(Math.round(v.samples))} samples/image`)),
       el('td', { class: 'num' }, duration(v.wall)),
       el('td', { class: 'num' }, v.speedup === null ? DASH : `${v.speedup.toFixed(2)}×`));
   }));
@@ -65,10 +67,10 @@ const renderTable = coalesce(() => {
 
 $('baseline').addEventListener('change', renderTable);
 $('export-csv').addEventListener('click', () => {
-  const header = ['run_id', 'name', 'kind', 'arch', 'method', 'sigma', ...radii.map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', `speedup_vs_${$('baseline').value}`, 'certification_run'];
+  const header = ['run_id', 'name', 'kind', 'arch', 'method', 'sigma', ...radii.map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', `speedup_vs_${$('baseline').value}`, 'certification_run', 'samples_mean'];
   const rows = entries.map((e) => {
     const v = resultValues(e);
-    return [e.view.run.id, e.view.run.name, v.kind, v.arch, v.method, v.sigma, ...v.r, v.acr, v.wall.toFixed(1), v.speedup === null ? null : v.speedup.toFixed(3), e.certId];
+    return [e.view.run.id, e.view.run.name, v.kind, v.arch, v.method, v.sigma, ...v.r, v.acr, v.wall.toFixed(1), v.speedup === null ? null : v.speedup.toFixed(3), e.certId, v.samples];
   });
   download(`compare-${entries.map((e) => e.view.run.id).join('-')}.csv`, toCsv(header, rows));
 });
@@ -179,7 +181,7 @@ $('only-diff').addEventListener('change', renderParams);
 // ---------- loading and live updates ----------
 
 async function loadMetrics(e) {
-  if (!MODEL_KINDS.includes(e.view.run.kind)) return;
+  if (!e.view.makes_model) return;
   e.metrics.addHistory(await api('GET', `/runs/${e.view.run.id}/metrics?points=2000`));
   drawCurves();
 }

@@ -184,7 +184,35 @@ function renderCertStats() {
     tile('ACR', num(s && s.n ? s.acr : null), 'average certified radius'),
     tile('Abstained', pct(s && s.n ? s.abstain_rate : null)),
     ...radii.filter((r) => r > 0).map((r) => tile(`r = ${r}`, pct(at(r) ? at(r).certified_accuracy : null), 'certified accuracy')),
+    // Sequential certification: estimation samples per image (fixed N draws N for every image).
+    ...(s && s.samples ? [
+      tile('Samples / image', int(Math.round(s.samples.mean)), `mean; median ${int(s.samples.median)}, p90 ${int(s.samples.p90)}, max ${int(s.samples.max)}`),
+      tile('Decisions', Object.entries(s.samples.decisions).map(([d, k]) => `${d.replace('_', ' ')} ${int(k)}`).join(', ')),
+    ] : []),
   );
+  renderPLowerHistogram(s);
+}
+
+/** The distribution of the lower confidence bounds on p_A (20 bins over [0, 1]), as bars. */
+function renderPLowerHistogram(s) {
+  const chart = $('cert-chart');
+  if (!chart) return;
+  let box = $('cert-plower');
+  if (!box) {
+    box = el('div', { class: 'chart-box', id: 'cert-plower' },
+      el('h3', { class: 'chart-title' }, 'Images by lower bound on p', el('sub', {}, 'A')),
+      el('div', { class: 'plower-bars', role: 'img', 'aria-label': 'Histogram of the lower confidence bounds on pA',
+        style: 'display:flex;align-items:flex-end;gap:2px;height:120px' }),
+      el('div', { class: 'stat-note', style: 'display:flex;justify-content:space-between' }, el('span', {}, '0'), el('span', {}, '0.5'), el('span', {}, '1')));
+    chart.closest('.chart-box').after(box);
+  }
+  const bins = s && s.p_lower_histogram ? s.p_lower_histogram : [];
+  const top = Math.max(1, ...bins);
+  box.hidden = !bins.some((k) => k > 0);
+  box.querySelector('.plower-bars').replaceChildren(...bins.map((k, i) => el('div', {
+    title: `${(i / bins.length).toFixed(2)}–${((i + 1) / bins.length).toFixed(2)}: ${k} images`,
+    style: `flex:1;background:${PALETTE[0]};opacity:0.8;height:${(100 * k) / top}%;min-height:${k ? 1 : 0}px`,
+  })));
 }
 
 const drawCerts = coalesce(() => {
@@ -198,7 +226,7 @@ const drawCerts = coalesce(() => {
     el('td', { class: 'num' }, c.label),
     el('td', { class: 'num' }, c.predict < 0 ? 'abstain' : c.predict),
     el('td', { class: 'num' }, c.radius === undefined || c.radius === null ? DASH : c.radius.toFixed(3)),
-    el('td', { class: 'num' }, c.p_lower === undefined || c.p_lower === null ? DASH : c.p_lower.toFixed(4)),
+    el('td', { class: 'num', title: c.samples ? `${c.decision}: ${int(c.samples)} samples, p_A in [${c.p_lower.toFixed(4)}, ${c.p_upper.toFixed(4)}]` : null }, c.p_lower === undefined || c.p_lower === null ? DASH : c.p_lower.toFixed(4)),
     el('td', {}, c.correct ? el('span', { class: 'ok' }, '✓ correct') : el('span', { class: 'bad' }, c.predict < 0 ? '– abstained' : '✗ wrong')),
     el('td', { class: 'num' }, duration(c.time)),
   )));

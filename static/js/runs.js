@@ -2,12 +2,17 @@
 
 import { DASH } from './dom.js';
 
-export const MODEL_KINDS = ['train', 'transfer'];
-
-/** The API's run JSON (the run's columns flattened beside `metrics`, `resumable`, `last_seq`)
- * as {run, metrics, resumable, last_seq}. */
+/** The API's run JSON (the run's fields beside `metrics`, `makes_model`, `resumable`, `last_seq`)
+ * as {run, metrics, makes_model, resumable, last_seq}. `makes_model` (a train or transfer run: it
+ * has a checkpoint, can be a teacher or be certified) is the server's rule; don't list kinds here. */
 export function viewOf(json) {
-  return { run: json, metrics: json.metrics || {}, resumable: Boolean(json.resumable), last_seq: json.last_seq || 0 };
+  return {
+    run: json,
+    metrics: json.metrics || {},
+    makes_model: Boolean(json.makes_model),
+    resumable: Boolean(json.resumable),
+    last_seq: json.last_seq || 0,
+  };
 }
 
 export function configOf(run) {

@@ -68,6 +68,28 @@ impl RunKind {
             RunKind::Predict => "predict",
         }
     }
+
+    /// Whether a run of this kind trains a model: it writes a checkpoint, and it can be the
+    /// parent (teacher or model) of a transfer, certify or predict run. The one statement of
+    /// this rule; the server exposes it on each run as `makes_model`.
+    pub fn makes_model(self) -> bool {
+        matches!(self, RunKind::Train | RunKind::Transfer)
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown run kind '{s}'; expected one of {}", names(&RunKind::ALL.map(RunKind::as_str)))
+        })
+    }
 }
 
 /// A validation failure: which field, and what was wrong or what is allowed.
@@ -675,6 +697,70 @@ pub struct SmoothingConfig {
     pub max: Option<usize>,
     #[serde(default = "d_seed")]
     pub seed: u64,
+    /// Fixed-N CERTIFY (the default, what papers report), or one of the sequential modes that stop
+    /// early (docs/certification.md, "Sequential certification"). Left out of the JSON when fixed.
+    #[serde(default, skip_serializing_if = "CertifyMode::is_fixed")]
+    pub mode: CertifyMode,
+}
+
+/// How many estimation samples CERTIFY draws for an image (`smoothing.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CertifyMode {
+    /// Exactly `n` samples and the largest radius they certify (Cohen et al.'s CERTIFY).
+    #[default]
+    Fixed,
+    /// Decide "certified at `radius`" or "not certifiable at `radius`" as early as an anytime-valid
+    /// sequential test allows; `n` is the cap.
+    TargetRadius { radius: f64 },
+    /// The largest radius, with sample sizes growing until more samples are not expected to raise it
+    /// by more than `tolerance` (L2); `n` is the cap.
+    Adaptive { tolerance: f64 },
+}
+
+/// The largest target radius accepted (in input units; far beyond anything certifiable).
+pub const MAX_TARGET_RADIUS: f64 = 100.0;
+/// The largest adaptive tolerance accepted (L2 units).
+pub const MAX_TOLERANCE: f64 = 10.0;
+/// The largest estimation sample count accepted.
+pub const MAX_SAMPLES: usize = 100_000_000;
+
+impl CertifyMode {
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, CertifyMode::Fixed)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            CertifyMode::Fixed => "fixed",
+            CertifyMode::TargetRadius { .. } => "target_radius",
+            CertifyMode::Adaptive { .. } => "adaptive",
+        }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        match *self {
+            CertifyMode::Fixed => Ok(()),
+            CertifyMode::TargetRadius { radius } => {
+                if !(radius > 0.0 && radius <= MAX_TARGET_RADIUS) {
+                    return Err(ConfigError::new(
+                        format!("{field}.radius"),
+                        format!("must be in (0, {MAX_TARGET_RADIUS}] (got {radius})"),
+                    ));
+                }
+                Ok(())
+            }
+            CertifyMode::Adaptive { tolerance } => {
+                if !(tolerance > 0.0 && tolerance <= MAX_TOLERANCE) {
+                    return Err(ConfigError::new(
+                        format!("{field}.tolerance"),
+                        format!("must be in (0, {MAX_TOLERANCE}] (got {tolerance})"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn d_n0() -> usize {
@@ -704,6 +790,7 @@ impl Default for SmoothingConfig {
             skip: d_skip(),
             max: None,
             seed: 0,
+            mode: CertifyMode::Fixed,
         }
     }
 }
@@ -721,6 +808,11 @@ impl SmoothingConfig {
         if self.max == Some(0) {
             return Err(ConfigError::new(format!("{field}.max"), "must be at least 1 when given"));
         }
+        if self.n > MAX_SAMPLES || self.n0 > MAX_SAMPLES {
+            let name = if self.n > MAX_SAMPLES { "n" } else { "n0" };
+            return Err(ConfigError::new(format!("{field}.{name}"), format!("must be at most {MAX_SAMPLES}")));
+        }
+        self.mode.validate(&format!("{field}.mode"))?;
         if !(self.alpha > 0.0 && self.alpha < 0.5) {
             return Err(ConfigError::new(
                 format!("{field}.alpha"),
@@ -818,6 +910,29 @@ mod tests {
         assert!((s.factor(30) - 0.1).abs() < 1e-12);
         let m = Schedule::MultiStep { milestones: vec![2, 4], gamma: 0.5 };
         assert_eq!([m.factor(1), m.factor(2), m.factor(5)], [1.0, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn certify_mode_defaults_to_fixed_and_is_checked() {
+        let old: SmoothingConfig = serde_json::from_str(r#"{"n": 1000}"#).unwrap();
+        assert_eq!(old.mode, CertifyMode::Fixed);
+        assert!(!serde_json::to_string(&old).unwrap().contains("mode"), "fixed configs serialize as before");
+        let target: SmoothingConfig =
+            serde_json::from_str(r#"{"mode": {"name": "target_radius", "radius": 0.5}}"#).unwrap();
+        assert_eq!(target.mode, CertifyMode::TargetRadius { radius: 0.5 });
+        target.validate("smoothing").unwrap();
+        let back: SmoothingConfig = serde_json::from_str(&serde_json::to_string(&target).unwrap()).unwrap();
+        assert_eq!(back, target);
+        let bad = SmoothingConfig { mode: CertifyMode::TargetRadius { radius: 0.0 }, ..SmoothingConfig::default() };
+        assert_eq!(bad.validate("smoothing").unwrap_err().field, "smoothing.mode.radius");
+        let bad = SmoothingConfig { mode: CertifyMode::Adaptive { tolerance: 11.0 }, ..SmoothingConfig::default() };
+        assert_eq!(bad.validate("smoothing").unwrap_err().field, "smoothing.mode.tolerance");
+        let bad = SmoothingConfig { mode: CertifyMode::Adaptive { tolerance: f64::NAN }, ..SmoothingConfig::default() };
+        assert!(bad.validate("smoothing").is_err());
+        let bad = SmoothingConfig { n: MAX_SAMPLES + 1, ..SmoothingConfig::default() };
+        assert_eq!(bad.validate("smoothing").unwrap_err().field, "smoothing.n");
+        assert!(serde_json::from_str::<SmoothingConfig>(r#"{"mode": {"name": "target_radius"}}"#).is_err());
+        assert!(serde_json::from_str::<SmoothingConfig>(r#"{"mode": {"name": "sequential"}}"#).is_err());
     }
 
     #[test]

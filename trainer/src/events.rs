@@ -81,7 +81,7 @@ pub enum Event {
 }
 
 /// One image's certification (or prediction) result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Certificate {
     pub idx: u64,
     pub label: i64,
@@ -96,6 +96,16 @@ pub struct Certificate {
     pub p_lower: Option<f64>,
     /// Seconds spent on this image.
     pub time: f64,
+    /// Sequential modes only: estimation samples drawn (count_a of them voted for the top class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// Sequential modes only: why sampling stopped (`certified`, `not_certified`, `converged`,
+    /// `abstain`, `cap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Sequential modes only: the upper end of the interval on the top class's probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_upper: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +226,7 @@ mod tests {
                 count_a: Some(10),
                 p_lower: Some(0.2),
                 time: 0.1,
+                ..Certificate::default()
             }),
         };
         let json = cert.to_json();

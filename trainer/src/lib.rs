@@ -14,6 +14,8 @@ pub mod certify;
 #[cfg(feature = "engine")]
 pub mod cli;
 #[cfg(feature = "engine")]
+pub mod context;
+#[cfg(feature = "engine")]
 pub mod data;
 #[cfg(feature = "engine")]
 pub mod device;

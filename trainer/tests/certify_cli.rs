@@ -301,3 +301,35 @@ fn bad_flags_get_clear_errors() {
     let err = failure(&["certify"]);
     assert!(err.contains("--model") && err.contains("--weights"), "{err}");
 }
+
+#[test]
+fn certify_radius_runs_the_target_radius_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("model"), tmp.path().join("cert"));
+    write_model_dir(&model, Some(SIGMA));
+    let data = data_dir();
+    let args = ["certify", "--model", s(&model), "--data-dir", s(&data), "--out", s(&out), "--radius", "0.25"];
+    let output =
+        run(&[&args[..], &["--n0", "20", "--n", "3000", "--batch", "128", "--skip", "1000", "--max", "4"]].concat());
+    assert!(output.status.success(), "certify --radius failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = std::fs::read_to_string(out.join("certify.tsv")).unwrap();
+    assert!(text.starts_with(&format!("{HEADER}\tsamples\tdecision\tp_upper\n")), "{text}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["mode"], serde_json::json!({"name": "target_radius", "radius": 0.25}));
+    assert_eq!(summary["certified_accuracy"].as_array().unwrap().len(), 1);
+    assert!(summary["samples"]["mean"].as_f64().unwrap() <= 3000.0);
+    let events = events(&output.stdout);
+    let certified: Vec<_> =
+        events.iter().filter_map(|e| if let Event::Certified(c) = e { Some(c) } else { None }).collect();
+    assert_eq!(certified.len(), 4);
+    assert!(certified.iter().all(|c| c.samples.is_some() && c.decision.is_some() && c.p_upper.is_some()));
+    let Some(Event::Finished { summary: metrics, .. }) = events.last() else { panic!("no finished event") };
+    assert!(metrics.contains_key("certified_acc@0.25") && metrics.contains_key("samples_mean"), "{metrics:?}");
+
+    let err = failure(&[&args[..7], &["--radius", "-1"]].concat());
+    assert!(err.contains("--radius") && err.contains("smoothing.mode.radius"), "{err}");
+    let err = failure(&[&args[..7], &["--tolerance", "0"]].concat());
+    assert!(err.contains("--tolerance"), "{err}");
+    let err = failure(&[&args[..], &["--tolerance", "0.01"]].concat());
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -15,7 +15,7 @@ use crt_trainer::certify::clopper_pearson::{lower_bound, raw_radius};
 use crt_trainer::certify::{
     certify_images, predict_images, CertifySummary, LabeledImage, Sink, Smoothing, ABSTAIN, SUMMARY_FILE,
 };
-use crt_trainer::config::{Arch, Dataset};
+use crt_trainer::config::{Arch, CertifyMode, Dataset};
 use crt_trainer::models::Model;
 use crt_trainer::report::Reporter;
 use crt_trainer::stop::StopFlag;
@@ -104,7 +104,7 @@ fn labeled(images: &[(Vec<f32>, i64)]) -> Vec<LabeledImage<'_>> {
 }
 
 fn params(n: usize, seed: u64) -> Smoothing {
-    Smoothing { sigma: SIGMA, n0: 100, n, alpha: 0.001, batch: 1000, seed }
+    Smoothing { sigma: SIGMA, n0: 100, n, alpha: 0.001, batch: 1000, seed, mode: CertifyMode::Fixed }
 }
 
 #[test]
@@ -242,4 +242,89 @@ fn a_raised_stop_flag_ends_the_run_before_the_next_image() {
     assert!(!dir.path().join(SUMMARY_FILE).exists(), "a stopped run must not write a summary");
     let tsv = std::fs::read_to_string(dir.path().join("certify.tsv")).unwrap();
     assert_eq!(tsv.lines().collect::<Vec<_>>(), ["idx\tlabel\tpredict\tradius\tcorrect\tcount_a\tp_lower\ttime"]);
+}
+
+#[test]
+fn sequential_modes_through_the_real_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = Hyperplane::new();
+    let model = plane.model(dir.path());
+    let images = test_images(&plane);
+    let (reporter, stop) = (Reporter::quiet(), StopFlag::default());
+    let radius = 0.4;
+
+    // Target radius 0.4 (p_A needed: Phi(1.6) = 0.945): the images at 0.5, 0.625 and 0.75 certify,
+    // those at 0.375 and below never do.
+    let out = dir.path().join("target");
+    let sink = Sink { out_dir: &out, reporter: &reporter, stop: &stop, resume: false };
+    let p = Smoothing { mode: CertifyMode::TargetRadius { radius }, ..params(100_000, 11) };
+    let looks = p.sequential().unwrap().looks().to_vec();
+    let run = certify_images(&model, &labeled(&images), &p, sink).unwrap();
+    let mut certified = 0;
+    for (cert, (x, label)) in run.certificates.iter().zip(&images) {
+        let d = plane.distance(x);
+        let samples = cert.samples.unwrap();
+        assert!(looks.contains(&samples), "image {}: {samples} samples is not a look", cert.idx);
+        let decision = cert.decision.as_deref().unwrap();
+        let (p_lower, p_upper) = (cert.p_lower.unwrap(), cert.p_upper.unwrap());
+        assert!(p_lower <= cert.count_a.unwrap() as f64 / samples as f64 && p_upper >= p_lower);
+        if d >= 0.45 {
+            assert_eq!((decision, cert.radius, cert.predict), ("certified", Some(radius), *label), "d = {d}");
+            assert!(samples <= 1600, "d = {d}: {samples} samples");
+            certified += 1;
+        } else {
+            assert_eq!(cert.radius, Some(0.0), "d = {d}: certified at {radius}: {cert:?}");
+            assert_ne!(decision, "certified");
+        }
+        if d < 0.2 {
+            assert!(samples < 100_000, "d = {d}: far below R should be settled early, took {samples}");
+        }
+    }
+    assert_eq!(certified, 3);
+    let tsv = std::fs::read_to_string(out.join("certify.tsv")).unwrap();
+    assert!(
+        tsv.starts_with("idx\tlabel\tpredict\tradius\tcorrect\tcount_a\tp_lower\ttime\tsamples\tdecision\tp_upper\n")
+    );
+    let summary: CertifySummary =
+        serde_json::from_str(&std::fs::read_to_string(out.join(SUMMARY_FILE)).unwrap()).unwrap();
+    assert_eq!(summary.certified_accuracy.len(), 1, "a target-radius curve is one point");
+    assert_eq!((summary.certified_accuracy[0].radius, summary.certified_accuracy[0].count), (radius, 3));
+    let used = summary.samples.as_ref().unwrap();
+    let mean = run.certificates.iter().map(|c| c.samples.unwrap() as f64).sum::<f64>() / images.len() as f64;
+    assert!((used.mean - mean).abs() < 1e-9 && used.cap == 100_000);
+    assert_eq!(used.decisions.get("certified"), Some(&3));
+    assert!(used.mean < 50_000.0, "mean samples {}", used.mean);
+    eprintln!(
+        "target radius {radius}: samples {:?}",
+        run.certificates.iter().map(|c| c.samples.unwrap()).collect::<Vec<_>>()
+    );
+
+    // A resumed sequential run reads its own table back.
+    let sink = Sink { out_dir: &out, reporter: &reporter, stop: &stop, resume: true };
+    let again = certify_images(&model, &labeled(&images), &p, sink).unwrap();
+    let untimed = |certs: &[crt_trainer::events::Certificate]| {
+        certs.iter().map(|c| crt_trainer::events::Certificate { time: 0.0, ..c.clone() }).collect::<Vec<_>>()
+    };
+    assert_eq!(untimed(&again.certificates), untimed(&run.certificates));
+
+    // Adaptive N: the radius stays below the true distance, and is close to it.
+    let out = dir.path().join("adaptive");
+    let sink = Sink { out_dir: &out, reporter: &reporter, stop: &stop, resume: false };
+    let p = Smoothing { mode: CertifyMode::Adaptive { tolerance: 0.01 }, ..params(100_000, 12) };
+    let run = certify_images(&model, &labeled(&images), &p, sink).unwrap();
+    for (cert, (x, _)) in run.certificates.iter().zip(&images) {
+        let d = plane.distance(x);
+        let r = cert.radius.unwrap();
+        assert!(r <= d, "image {}: adaptive radius {r} above the true distance {d}", cert.idx);
+        if d > 1e-3 {
+            assert!(r >= 0.85 * d, "image {}: adaptive radius {r} far below {d}", cert.idx);
+        }
+    }
+    let summary = run.summary.unwrap();
+    assert!(summary.samples.as_ref().unwrap().mean < 100_000.0);
+    eprintln!(
+        "adaptive: radii {:?}, samples {:?}",
+        run.certificates.iter().map(|c| c.radius.unwrap()).collect::<Vec<_>>(),
+        run.certificates.iter().map(|c| c.samples.unwrap()).collect::<Vec<_>>()
+    );
 }

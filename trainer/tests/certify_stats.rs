@@ -5,6 +5,7 @@ use crt_trainer::certify::binom_test::two_sided_p;
 use crt_trainer::certify::clopper_pearson::max_radius;
 use crt_trainer::certify::summary::radius_grid;
 use crt_trainer::certify::{CertifySummary, PredictSummary, Smoothing, ABSTAIN};
+use crt_trainer::config::CertifyMode;
 use crt_trainer::events::Certificate;
 use statrs::function::factorial::ln_binomial;
 
@@ -59,12 +60,14 @@ fn cert(idx: u64, label: i64, predict: i64, radius: f64) -> Certificate {
         count_a: Some(0),
         p_lower: Some(0.0),
         time: 0.1,
+        ..Certificate::default()
     }
 }
 
 #[test]
 fn certified_accuracy_curve_and_acr() {
-    let params = Smoothing { sigma: 0.5, n0: 100, n: 100_000, alpha: 0.001, batch: 1000, seed: 0 };
+    let params =
+        Smoothing { sigma: 0.5, n0: 100, n: 100_000, alpha: 0.001, batch: 1000, seed: 0, mode: CertifyMode::Fixed };
     let certs = [
         cert(0, 3, ABSTAIN, 0.0),
         cert(1, 3, 3, 0.3),
@@ -93,7 +96,8 @@ fn certified_accuracy_curve_and_acr() {
 
 #[test]
 fn no_correct_image_gives_a_positive_zero_acr() {
-    let params = Smoothing { sigma: 0.5, n0: 100, n: 100_000, alpha: 0.001, batch: 1000, seed: 0 };
+    let params =
+        Smoothing { sigma: 0.5, n0: 100, n: 100_000, alpha: 0.001, batch: 1000, seed: 0, mode: CertifyMode::Fixed };
     let s = CertifySummary::new(&[cert(0, 3, 1, 0.4), cert(1, 2, -1, 0.0)], &params, 1.0);
     assert_eq!(s.correct, 0);
     assert!(s.acr == 0.0 && s.acr.is_sign_positive(), "ACR {:?}", s.acr);

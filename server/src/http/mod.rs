@@ -1,10 +1,17 @@
 //! HTTP: the JSON API (`/api/v1`), live event streams, the OpenAPI document and static files.
 
-pub mod api;
+pub mod artifacts;
+pub mod certificates;
 pub mod devices;
 pub mod errors;
+pub mod experiments;
+pub mod extract;
+pub mod health;
+pub mod logs;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod runs;
 pub mod sse;
 pub mod study;
 
@@ -34,11 +41,26 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::devices::cluster::ClusterMonitor>>,
 }
 
-/// The whole application: each part (`api`, `pages`, …) contributes a `Router<AppState>`.
+/// The JSON API under `/api/v1` (documented in docs/api.md and at /api/openapi.json): one
+/// module per resource, each contributing its routes.
+fn api() -> Router<AppState> {
+    Router::new()
+        .merge(health::routes())
+        .route("/devices", get(devices::get_devices))
+        .merge(experiments::routes())
+        .merge(runs::routes())
+        .merge(metrics::routes())
+        .merge(logs::routes())
+        .merge(artifacts::routes())
+        .merge(certificates::routes())
+        .merge(sse::routes())
+}
+
+/// The whole application: each part (the API's resources, `pages`, …) contributes a `Router<AppState>`.
 pub fn router(state: AppState) -> Router {
     let static_dir = state.settings.static_dir.clone();
     Router::new()
-        .nest("/api/v1", api::routes())
+        .nest("/api/v1", api())
         .merge(pages::routes())
         .merge(study::routes())
         .route("/api/openapi.json", get(openapi::document))

@@ -263,7 +263,8 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "device": { "type": ["string", "null"], "description": "Where its latest attempt ran: cpu or cuda:N (the trainer's --device); null until it starts" },
             "progress": { "type": ["object", "null"], "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
-            "resumable": { "type": "boolean" },
+            "makes_model": { "type": "boolean", "description": "A train or transfer run: it has a checkpoint and can be a transfer's teacher or be certified" },
+            "resumable": { "type": "boolean", "description": "Stopped or crashed: POST …/resume continues it" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
     // The launch fields apart: one json! this size passes serde_json's macro recursion limit.
     if let Some(Value::Object(props)) = s.get_mut("Run").and_then(|r| r.get_mut("properties")) {
@@ -320,14 +321,22 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
         json!({ "type": "object", "properties": {
             "idx": int, "label": int, "predict": { "type": "integer", "description": "-1: abstained" },
             "radius": opt("number"), "correct": { "type": "boolean" }, "count_a": opt("integer"),
-            "p_lower": opt("number"), "time": num } }),
+            "p_lower": opt("number"), "time": num,
+            "samples": { "type": "integer", "description": "sequential modes: estimation samples drawn" },
+            "decision": { "type": "string", "description": "sequential modes: certified, not_certified, converged, abstain or cap" },
+            "p_upper": { "type": "number", "description": "sequential modes: upper bound on p_A" } } }),
     );
     s.insert(
         "CertSummary".into(),
         json!({ "type": "object", "properties": {
             "n": int, "accuracy": num, "abstain_rate": num, "acr": num, "mean_time_s": num,
             "radii": { "type": "array", "items": { "type": "object", "properties": {
-                "radius": num, "certified_accuracy": num, "count": int } } } } }),
+                "radius": num, "certified_accuracy": num, "count": int } } },
+            "samples": { "type": "object", "description": "sequential modes only: estimation samples per image",
+                "properties": { "mean": num, "min": int, "median": int, "p90": int, "max": int,
+                    "decisions": { "type": "object", "additionalProperties": int } } },
+            "p_lower_histogram": { "type": "array", "items": int,
+                "description": "images by lower bound on p_A, 20 equal bins over [0, 1]" } } }),
     );
     s.insert("RunEvent".into(), json!({ "type": "object", "required": ["seq", "run_id", "experiment_id", "ts", "type"], "properties": {
             "seq": int, "run_id": int, "experiment_id": int, "ts": num,

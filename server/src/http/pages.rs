@@ -1,8 +1,8 @@
 //! The dashboard's HTML pages: askama templates (`../templates`) rendered from the store, each
 //! progressively enhanced by an ES module in `../static/js`.
 //!
-//! Every page embeds its initial data as JSON in the shapes the JSON API returns (a run is an
-//! `api::RunView`), so the scripts draw the first paint and every live update (SSE, then a
+//! Every page embeds its initial data as JSON in the shapes the JSON API returns (a run is a
+//! `runs::RunView`), so the scripts draw the first paint and every live update (SSE, then a
 //! fetch of the changed resource) through one code path.
 
 mod data;
@@ -16,8 +16,10 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::api::RunView;
+use crt_trainer::config::RunKind;
+
 use super::devices::DevicesView;
+use super::runs::RunView;
 use super::AppState;
 use crate::store::experiments::{self, Experiment};
 use crate::store::journal::{self, Scope};
@@ -136,7 +138,7 @@ async fn experiment_page(State(app): State<AppState>, Path(raw): Path<String>) -
     // Read the stream position first: anything after it reaches the page over SSE.
     let last_seq = journal::last_seq(&app.store.pool, Scope::Experiment(id)).await?;
     let runs = data::experiment_runs(&app, id).await?;
-    let summaries = data::summaries(&app, runs.iter().filter(|v| v.run.kind == "certify").map(|v| v.run.id)).await?;
+    let summaries = data::summaries(&app, runs.iter().filter(|v| v.kind == RunKind::Certify).map(|v| v.id)).await?;
     let data = script_json(&serde_json::json!({
         "experiment": experiment,
         "last_seq": last_seq,
@@ -195,28 +197,22 @@ struct RunPage {
     view: RunView,
     parents: Vec<RunBrief>,
     children: Vec<RunBrief>,
-    /// The certification form for "certify this model" (train and transfer runs).
+    /// The certification form for "certify this model" (runs that make a model).
     forms: LaunchForms,
     config_json: String,
     data: String,
-}
-
-impl RunPage {
-    fn is_model(&self) -> bool {
-        matches!(self.view.run.kind.as_str(), "train" | "transfer")
-    }
 }
 
 async fn run_page(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Response, PageError> {
     let id = parse_id(&raw, "run")?;
     let view =
         data::run_view(&app, id).await?.ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
-    let experiment = find_experiment(&app, view.run.experiment_id).await?;
-    let parents = data::briefs(&app, &view.run.parents).await?;
+    let experiment = find_experiment(&app, view.experiment_id).await?;
+    let parents = data::briefs(&app, &view.parents).await?;
     let children = data::briefs(&app, &runs::children_of(&app.store.pool, id).await?).await?;
     let artifacts = artifacts::list(&app.store.pool, id).await?;
     let forms = LaunchForms::load(&app, experiment.id, Some(id)).await?;
-    let config = view.run.resolved_config.as_ref().unwrap_or(&view.run.config);
+    let config = view.resolved_config.as_ref().unwrap_or(&view.config);
     let config_json = serde_json::to_string_pretty(config).map_err(anyhow::Error::from)?;
     let data = script_json(&serde_json::json!({
         "run": view,

@@ -10,19 +10,25 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::{P, Q};
 use super::errors::ApiError;
+use super::extract::{P, Q};
 use super::AppState;
 use crate::store::journal::{self, JournalEntry, Scope};
 use crate::store::{experiments, runs, Store};
 
 /// Stored events are replayed in pages of this many.
 const PAGE: i64 = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/experiments/{id}/events", get(experiment_events)).route("/runs/{id}/events", get(run_events))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +37,7 @@ pub struct StreamQuery {
     after: Option<i64>,
 }
 
-pub async fn run_events(
+async fn run_events(
     State(app): State<AppState>,
     P(id): P<i64>,
     headers: HeaderMap,
@@ -43,7 +49,7 @@ pub async fn run_events(
     Ok(stream(&app, Scope::Run(id), start_after(&headers, q.after)?))
 }
 
-pub async fn experiment_events(
+async fn experiment_events(
     State(app): State<AppState>,
     P(id): P<i64>,
     headers: HeaderMap,

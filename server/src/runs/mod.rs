@@ -170,16 +170,8 @@ impl RunManager {
 
         let mut w = self.store.write().await?;
         let now = unix_now();
-        let id = store::runs::insert(
-            w.conn(),
-            req.experiment_id,
-            "",
-            checked.kind.as_str(),
-            &checked.columns,
-            &placement,
-            now,
-        )
-        .await?;
+        let id = store::runs::insert(w.conn(), req.experiment_id, "", checked.kind, &checked.columns, &placement, now)
+            .await?;
         let out_dir = self.settings.run_dir(id);
         let name = name.unwrap_or_else(|| format!("{} #{id}", checked.default_name()));
         let config = checked.with_out_dir(&out_dir);
@@ -253,7 +245,7 @@ impl RunManager {
                 run.status.as_str()
             )));
         }
-        let config = validate::resume_config(&run).map_err(RunError::Conflict)?;
+        let config = validate::resume_config(&run);
         let mut w = self.store.write().await?;
         store::runs::requeue(w.conn(), id, &config, unix_now()).await?;
         w.journal(id, run.experiment_id, "status", json!({ "status": "queued", "resume": true })).await?;

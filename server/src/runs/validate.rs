@@ -137,11 +137,10 @@ fn parse_kind(config: &Value) -> Result<RunKind, FieldError> {
         .ok_or_else(|| FieldError::new("config.kind", format!("unknown kind {kind}; expected one of {allowed}")))
 }
 
-/// A transfer needs its teacher and a certification its model: one parent that trains a model.
-/// Returns that parent.
+/// A transfer needs its teacher and a certification its model: one parent that trains a model
+/// ([`RunKind::makes_model`]). Returns that parent.
 fn check_parents<'a>(kind: RunKind, parents: &'a [Run], config: &Value) -> Result<Option<&'a Run>, FieldError> {
-    let model_kinds = [RunKind::Train.as_str(), RunKind::Transfer.as_str()];
-    if let Some(p) = parents.iter().find(|p| !model_kinds.contains(&p.kind.as_str())) {
+    if let Some(p) = parents.iter().find(|p| !p.kind.makes_model()) {
         return Err(FieldError::new(
             "parents",
             format!("run {} is a {} run; a parent must be a train or transfer run (a model)", p.id, p.kind),
@@ -237,17 +236,12 @@ fn smoothing_columns(model: &ModelSource, sigma: Option<f64>, inherited: ConfigC
     cols
 }
 
-/// A resumable run's config with `resume: true`: train and transfer runs continue from their
-/// checkpoint, certify and predict runs from the next image not yet recorded.
-pub fn resume_config(run: &Run) -> Result<Value, String> {
-    match run.kind.as_str() {
-        "train" | "transfer" | "certify" | "predict" => {
-            let mut config = run.config.clone();
-            config["resume"] = json!(true);
-            Ok(config)
-        }
-        other => Err(format!("a {other} run cannot be resumed; create a new run instead")),
-    }
+/// A resumable run's config with `resume: true`: every kind resumes. Train and transfer runs
+/// continue from their checkpoint, certify and predict runs from the next image not yet recorded.
+pub fn resume_config(run: &Run) -> Value {
+    let mut config = run.config.clone();
+    config["resume"] = json!(true);
+    config
 }
 
 #[cfg(test)]
@@ -255,12 +249,12 @@ mod tests {
     use super::*;
     use crate::runs::RunStatus;
 
-    fn parent(id: i64, kind: &str) -> Run {
+    fn parent(id: i64, kind: RunKind) -> Run {
         Run {
             id,
             experiment_id: 1,
             name: "p".into(),
-            kind: kind.into(),
+            kind,
             status: RunStatus::Finished,
             config: json!({}),
             resolved_config: None,
@@ -309,7 +303,7 @@ mod tests {
         assert_eq!(c.default_name(), "train lenet gaussian mnist");
 
         let cert = json!({"kind": "certify", "smoothing": {"n0": 50, "n": 500}});
-        let c = check_config(&cert, &[parent(3, "train")], Path::new("/d")).unwrap();
+        let c = check_config(&cert, &[parent(3, RunKind::Train)], Path::new("/d")).unwrap();
         assert_eq!(c.config["model"], json!({"source": "dir", "path": "/data/runs/3"}));
         assert_eq!(c.columns.arch.as_deref(), Some("lenet"));
     }
@@ -340,18 +334,18 @@ mod tests {
         assert_eq!(e.field, "parents");
         let e = check(json!({"kind": "transfer", "data": {"dataset": "mnist"}, "student_arch": "lenet"}), &[]);
         assert_eq!(e.field, "parents");
-        let e = check(train(json!({"name": "standard"})), &[parent(1, "train")]);
+        let e = check(train(json!({"name": "standard"})), &[parent(1, RunKind::Train)]);
         assert_eq!(e.field, "parents");
-        let e = check(json!({"kind": "certify"}), &[parent(1, "certify")]);
+        let e = check(json!({"kind": "certify"}), &[parent(1, RunKind::Certify)]);
         assert_eq!(e.field, "parents");
     }
 
     #[test]
     fn resume_sets_the_flag() {
-        let mut run = parent(1, "train");
+        let mut run = parent(1, RunKind::Train);
         run.config = json!({"kind": "train", "resume": false});
-        assert_eq!(resume_config(&run).unwrap()["resume"], true);
-        assert_eq!(resume_config(&parent(2, "certify")).unwrap()["resume"], true);
-        assert_eq!(resume_config(&parent(3, "predict")).unwrap()["resume"], true);
+        assert_eq!(resume_config(&run)["resume"], true);
+        assert_eq!(resume_config(&parent(2, RunKind::Certify))["resume"], true);
+        assert_eq!(resume_config(&parent(3, RunKind::Predict))["resume"], true);
     }
 }

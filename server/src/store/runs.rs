@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{any::AnyRow, AnyConnection, AnyPool, Row};
 
+use crt_trainer::config::RunKind;
+
 use crate::devices::{Device, DeviceRequest};
 use crate::launch::slurm::SlurmResources;
 use crate::launch::{BackendKind, Handle};
@@ -21,12 +23,13 @@ pub struct Progress {
     pub unit: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A run's database row. The API shows it as `http::runs::RunView`.
+#[derive(Debug, Clone)]
 pub struct Run {
     pub id: i64,
     pub experiment_id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: RunKind,
     pub status: RunStatus,
     /// The config the trainer is given (server paths filled in).
     pub config: Value,
@@ -58,12 +61,10 @@ pub struct Run {
     /// What the backend last said (Slurm: state, reason, node).
     pub backend_state: Option<Value>,
     /// Bytes of the attempt's events.jsonl and stderr.log recorded so far.
-    #[serde(skip)]
     pub cursor: Cursor,
     /// When a stop was asked through CRT Lab, for the current attempt.
     pub stop_requested_at: Option<f64>,
     /// The trainer's last terminal event in this attempt.
-    #[serde(skip)]
     pub terminal: Option<Terminal>,
     pub exit_code: Option<i64>,
     pub exit_signal: Option<i64>,
@@ -102,7 +103,7 @@ fn typed_column<T: serde::de::DeserializeOwned>(r: &AnyRow, name: &str) -> anyho
     json_column(r, name)?.map(|v| serde_json::from_value(v).with_context(|| format!("corrupt runs.{name}"))).transpose()
 }
 
-/// A text column holding a [`Device`] or [`DeviceRequest`].
+/// A text column holding a [`RunKind`], [`Device`], [`DeviceRequest`] or [`BackendKind`].
 fn parsed<T: std::str::FromStr<Err = String>>(text: &str, column: &str) -> anyhow::Result<T> {
     text.parse().map_err(|e| anyhow::anyhow!("corrupt runs.{column}: {e}"))
 }
@@ -123,7 +124,7 @@ fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
         id: r.try_get("id")?,
         experiment_id: r.try_get("experiment_id")?,
         name: r.try_get("name")?,
-        kind: r.try_get("kind")?,
+        kind: parsed(&r.try_get::<String, _>("kind")?, "kind")?,
         status: status.parse().map_err(anyhow::Error::msg)?,
         config: json_column(r, "config")?.unwrap_or(Value::Null),
         resolved_config: json_column(r, "resolved_config")?,
@@ -175,7 +176,7 @@ pub async fn insert(
     conn: &mut AnyConnection,
     experiment_id: i64,
     name: &str,
-    kind: &str,
+    kind: RunKind,
     columns: &ConfigColumns,
     placement: &Placement,
     now: f64,
@@ -187,7 +188,7 @@ pub async fn insert(
     )
     .bind(experiment_id)
     .bind(name)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(RunStatus::Queued.as_str())
     .bind(columns.arch.clone())
     .bind(columns.method.clone())
@@ -277,7 +278,7 @@ pub enum SortKey {
 pub struct RunFilter {
     pub experiment_id: Option<i64>,
     pub status: Option<RunStatus>,
-    pub kind: Option<String>,
+    pub kind: Option<RunKind>,
     pub arch: Option<String>,
     pub method: Option<String>,
     pub dataset: Option<String>,
@@ -326,7 +327,7 @@ pub async fn list(pool: &AnyPool, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
     }
     let text_filters = [
         ("status", f.status.map(|s| s.as_str().to_string())),
-        ("kind", f.kind.clone()),
+        ("kind", f.kind.map(|k| k.as_str().to_string())),
         ("arch", f.arch.clone()),
         ("method", f.method.clone()),
         ("dataset", f.dataset.clone()),

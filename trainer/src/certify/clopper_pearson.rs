@@ -21,6 +21,13 @@ pub fn lower_bound(k: u64, n: u64, alpha: f64) -> f64 {
     beta.inverse_cdf(alpha)
 }
 
+/// The (1 - alpha) upper confidence bound on p from `k` successes in `n` trials: one minus the lower
+/// bound on the failure probability (the 1 - alpha quantile of Beta(k + 1, n - k)); 1 when k = n.
+pub fn upper_bound(k: u64, n: u64, alpha: f64) -> f64 {
+    assert!(n > 0 && k <= n, "upper_bound: need 0 <= k <= n and n > 0 (k = {k}, n = {n})");
+    1.0 - lower_bound(n - k, n, alpha)
+}
+
 /// sigma * PhiInv(p_lower): the radius certified at this bound, before abstention. Minus infinity
 /// for p_lower = 0 and negative below one half.
 pub fn raw_radius(sigma: f64, p_lower: f64) -> f64 {
@@ -31,6 +38,11 @@ pub fn raw_radius(sigma: f64, p_lower: f64) -> f64 {
 /// vote for the top class.
 pub fn max_radius(sigma: f64, n: u64, alpha: f64) -> f64 {
     raw_radius(sigma, lower_bound(n, n, alpha))
+}
+
+/// Phi(radius / sigma): the top-class probability a smoothed classifier needs for a certified radius.
+pub fn required_probability(sigma: f64, radius: f64) -> f64 {
+    std_normal().cdf(radius / sigma)
 }
 
 fn std_normal() -> Normal {

@@ -63,8 +63,10 @@ pub fn certify_images(
 ) -> anyhow::Result<CertifyRun> {
     let mut smoothed = SmoothedClassifier::new(model, params.clone());
     let started = Instant::now();
-    let pass = each_image(images, Table::Certify, sink, |image| {
+    let table = if params.mode.is_fixed() { Table::Certify } else { Table::CertifySequential };
+    let pass = each_image(images, table, sink, |image| {
         let c = smoothed.certify(image.idx, image.pixels)?;
+        let sequential = c.decision.is_some();
         Ok(Certificate {
             idx: image.idx,
             label: image.label,
@@ -74,6 +76,9 @@ pub fn certify_images(
             count_a: Some(c.count_a),
             p_lower: Some(c.p_lower),
             time: 0.0,
+            samples: sequential.then_some(c.samples),
+            decision: c.decision.map(|d| d.as_str().to_string()),
+            p_upper: c.p_upper,
         })
     })?;
     let summary =
@@ -104,6 +109,7 @@ pub fn predict_images(
             count_a: Some(p.count_a),
             p_lower: None,
             time: 0.0,
+            ..Certificate::default()
         })
     })?;
     let summary =
@@ -135,7 +141,7 @@ fn each_image(
         (TableWriter::create(sink.out_dir, table)?, Vec::new())
     };
     let phase = match table {
-        Table::Certify => "certify",
+        Table::Certify | Table::CertifySequential => "certify",
         Table::Predict => "predict",
     };
     let done: HashSet<u64> = certificates.iter().map(|c| c.idx).collect();

@@ -66,7 +66,27 @@ impl Job {
             indices.len(),
             split.len()
         ));
-        Ok(Job { model, params: Smoothing::from_config(smoothing, sigma), split, indices })
+        let params = Smoothing::from_config(smoothing, sigma);
+        if let Some(test) = params.sequential() {
+            ctx.reporter.log(format!(
+                "sequential mode {}: {} looks ({:?}), each at level {:.3e}",
+                params.mode.name(),
+                test.looks().len(),
+                test.looks(),
+                test.alpha_per_look()
+            ));
+            if let crate::config::CertifyMode::TargetRadius { radius } = params.mode {
+                if radius > test.max_radius() {
+                    ctx.reporter.log(format!(
+                        "target radius {radius} exceeds {:.4}, the largest radius n = {} samples can certify: \
+                         no image will certify",
+                        test.max_radius(),
+                        params.n
+                    ));
+                }
+            }
+        }
+        Ok(Job { model, params, split, indices })
     }
 
     fn images(&self) -> Vec<LabeledImage<'_>> {

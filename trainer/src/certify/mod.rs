@@ -5,6 +5,7 @@
 //! - [`clopper_pearson`]: the confidence bound and the radius it certifies;
 //! - [`binom_test`]: PREDICT's hypothesis test;
 //! - [`sampler`]: class votes of the base model under noise, batched;
+//! - [`sequential`]: the anytime-valid sequential modes (target radius, adaptive N);
 //! - [`smoothed`]: CERTIFY and PREDICT on one image;
 //! - [`evaluate`]: a list of in-memory images to tables, events and a summary;
 //! - [`summary`]: certified accuracy by radius and ACR;
@@ -16,6 +17,7 @@ pub mod clopper_pearson;
 pub mod evaluate;
 mod job;
 pub mod sampler;
+pub mod sequential;
 pub mod smoothed;
 pub mod summary;
 pub mod table;

@@ -8,7 +8,8 @@ use rand::SeedableRng;
 use super::binom_test::two_sided_p;
 use super::clopper_pearson::{lower_bound, raw_radius};
 use super::sampler::NoiseSampler;
-use crate::config::SmoothingConfig;
+use super::sequential::{Decision, Goal, SequentialTest};
+use crate::config::{CertifyMode, SmoothingConfig};
 use crate::models::Model;
 
 /// The label reported when the smoothed classifier abstains.
@@ -27,11 +28,26 @@ pub struct Smoothing {
     /// Noisy copies per forward pass.
     pub batch: usize,
     pub seed: u64,
+    /// Fixed-N CERTIFY, or a sequential mode in which `n` is the cap.
+    pub mode: CertifyMode,
 }
 
 impl Smoothing {
     pub fn from_config(config: &SmoothingConfig, sigma: f64) -> Self {
-        Smoothing { sigma, n0: config.n0, n: config.n, alpha: config.alpha, batch: config.batch, seed: config.seed }
+        Smoothing {
+            sigma,
+            n0: config.n0,
+            n: config.n,
+            alpha: config.alpha,
+            batch: config.batch,
+            seed: config.seed,
+            mode: config.mode,
+        }
+    }
+
+    /// The sequential test of a sequential mode; None for fixed N.
+    pub fn sequential(&self) -> Option<SequentialTest> {
+        Goal::from_mode(&self.mode).map(|goal| SequentialTest::new(goal, self.sigma, self.n as u64, self.alpha))
     }
 }
 
@@ -46,6 +62,11 @@ pub struct Certified {
     pub count_a: u64,
     /// (1 - alpha) lower confidence bound on the top class's probability.
     pub p_lower: f64,
+    /// Estimation samples drawn: n, or fewer in a sequential mode.
+    pub samples: u64,
+    /// Sequential modes: why sampling stopped, and the upper bound on the top class's probability.
+    pub decision: Option<Decision>,
+    pub p_upper: Option<f64>,
 }
 
 /// PREDICT's answer for one image.
@@ -62,11 +83,13 @@ pub struct Predicted {
 pub struct SmoothedClassifier<'m> {
     sampler: NoiseSampler<'m>,
     params: Smoothing,
+    sequential: Option<SequentialTest>,
 }
 
 impl<'m> SmoothedClassifier<'m> {
     pub fn new(model: &'m Model, params: Smoothing) -> Self {
-        SmoothedClassifier { sampler: NoiseSampler::new(model, params.sigma, params.batch), params }
+        let sequential = params.sequential();
+        SmoothedClassifier { sampler: NoiseSampler::new(model, params.sigma, params.batch), params, sequential }
     }
 
     pub fn params(&self) -> &Smoothing {
@@ -79,14 +102,28 @@ impl<'m> SmoothedClassifier<'m> {
         let mut rng = image_rng(self.params.seed, idx);
         let selection = self.sampler.counts(image, self.params.n0, &mut rng)?;
         let top = argmax(&selection);
+        if let Some(test) = &self.sequential {
+            let sampler = &mut self.sampler;
+            let out = test.run(|m| Ok::<_, candle_core::Error>(sampler.counts(image, m as usize, &mut rng)?[top]))?;
+            // The bound holds at any stopping time, so it may decide the prediction as in CERTIFY.
+            let predict = if out.p_lower < 0.5 { ABSTAIN } else { top as i64 };
+            return Ok(Certified {
+                predict,
+                radius: if predict == ABSTAIN { 0.0 } else { out.radius },
+                count_a: out.count_a,
+                p_lower: out.p_lower,
+                samples: out.samples,
+                decision: Some(out.decision),
+                p_upper: Some(out.p_upper),
+            });
+        }
+        let n = self.params.n as u64;
         let estimation = self.sampler.counts(image, self.params.n, &mut rng)?;
         let count_a = estimation[top];
-        let p_lower = lower_bound(count_a, self.params.n as u64, self.params.alpha);
-        Ok(if p_lower < 0.5 {
-            Certified { predict: ABSTAIN, radius: 0.0, count_a, p_lower }
-        } else {
-            Certified { predict: top as i64, radius: raw_radius(self.params.sigma, p_lower), count_a, p_lower }
-        })
+        let p_lower = lower_bound(count_a, n, self.params.alpha);
+        let (predict, radius) =
+            if p_lower < 0.5 { (ABSTAIN, 0.0) } else { (top as i64, raw_radius(self.params.sigma, p_lower)) };
+        Ok(Certified { predict, radius, count_a, p_lower, samples: n, decision: None, p_upper: None })
     }
 
     /// PREDICT: the top class of n samples, unless a two-sided binomial test cannot tell it from

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clopper_pearson::max_radius;
 use super::smoothed::{Smoothing, ABSTAIN};
+use crate::config::CertifyMode;
 use crate::events::Certificate;
 
 /// Radii of the certified-accuracy curve are multiples of this.
@@ -41,13 +42,77 @@ pub struct CertifySummary {
     pub batch: usize,
     pub seed: u64,
     pub wall_time_s: f64,
+    /// Sequential modes only (fixed-N summaries are unchanged): the mode, and the estimation samples
+    /// the images used. In target-radius mode the curve is the one point at R.
+    #[serde(default, skip_serializing_if = "CertifyMode::is_fixed")]
+    pub mode: CertifyMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SamplesUsed>,
+}
+
+/// How many estimation samples the images of a sequential run used (the n0 selection samples, the
+/// same for every image, come on top), and why they stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplesUsed {
+    pub mean: f64,
+    pub min: u64,
+    pub median: u64,
+    pub p90: u64,
+    pub max: u64,
+    pub total: u64,
+    /// The cap (n): a fixed-N run draws this many for every image.
+    pub cap: u64,
+    /// Images stopped at each look of the schedule: `[samples, images]` pairs, by sample size.
+    pub by_look: Vec<(u64, usize)>,
+    /// Images per decision (`certified`, `not_certified`, `converged`, `abstain`, `cap`).
+    pub decisions: BTreeMap<String, usize>,
+    /// The level of each look's bounds (alpha / number of looks).
+    pub alpha_per_look: f64,
+}
+
+impl SamplesUsed {
+    pub fn new(certificates: &[Certificate], cap: u64, alpha_per_look: f64) -> Self {
+        let mut used: Vec<u64> = certificates.iter().map(|c| c.samples.unwrap_or(cap)).collect();
+        used.sort_unstable();
+        let total: u64 = used.iter().sum();
+        let at = |q: f64| used.get(((used.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+        let mut by_look: BTreeMap<u64, usize> = BTreeMap::new();
+        for &s in &used {
+            *by_look.entry(s).or_default() += 1;
+        }
+        let mut decisions = BTreeMap::new();
+        for c in certificates {
+            *decisions.entry(c.decision.clone().unwrap_or_default()).or_default() += 1;
+        }
+        SamplesUsed {
+            mean: if used.is_empty() { 0.0 } else { total as f64 / used.len() as f64 },
+            min: used.first().copied().unwrap_or(0),
+            median: at(0.5),
+            p90: at(0.9),
+            max: used.last().copied().unwrap_or(0),
+            total,
+            cap,
+            by_look: by_look.into_iter().collect(),
+            decisions,
+            alpha_per_look,
+        }
+    }
 }
 
 impl CertifySummary {
     pub fn new(certificates: &[Certificate], params: &Smoothing, wall_time_s: f64) -> Self {
         let images = certificates.len();
-        let max_radius = max_radius(params.sigma, params.n as u64, params.alpha);
-        let certified_accuracy = radius_grid(max_radius)
+        let sequential = params.sequential();
+        let max_radius = match &sequential {
+            Some(test) => test.max_radius(),
+            None => max_radius(params.sigma, params.n as u64, params.alpha),
+        };
+        let radii: Vec<f64> = match params.mode {
+            CertifyMode::TargetRadius { radius } => vec![radius],
+            _ => radius_grid(max_radius).collect(),
+        };
+        let certified_accuracy = radii
+            .into_iter()
             .map(|radius| {
                 let count = certificates.iter().filter(|c| c.correct && radius_of(c) >= radius).count();
                 RadiusAccuracy { radius, accuracy: fraction(count, images), count }
@@ -71,6 +136,8 @@ impl CertifySummary {
             batch: params.batch,
             seed: params.seed,
             wall_time_s,
+            mode: params.mode,
+            samples: sequential.map(|test| SamplesUsed::new(certificates, params.n as u64, test.alpha_per_look())),
         }
     }
 
@@ -88,6 +155,11 @@ impl CertifySummary {
         m.insert("images".into(), self.images as f64);
         m.insert("abstained".into(), self.abstained as f64);
         m.insert("max_radius".into(), self.max_radius);
+        if let Some(samples) = &self.samples {
+            m.insert("samples_mean".into(), samples.mean);
+            m.insert("samples_median".into(), samples.median as f64);
+            m.insert("samples_max".into(), samples.max as f64);
+        }
         m
     }
 }

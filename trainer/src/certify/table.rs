@@ -13,19 +13,25 @@ use crate::events::Certificate;
 pub const CERTIFY_FILE: &str = "certify.tsv";
 pub const PREDICT_FILE: &str = "predict.tsv";
 pub const CERTIFY_COLUMNS: [&str; 8] = ["idx", "label", "predict", "radius", "correct", "count_a", "p_lower", "time"];
+/// `certify.tsv` of a sequential mode: CERTIFY's columns, then the samples drawn, the decision and
+/// the upper bound on the top class's probability (fixed-N tables keep their eight columns).
+pub const CERTIFY_SEQUENTIAL_COLUMNS: [&str; 11] =
+    ["idx", "label", "predict", "radius", "correct", "count_a", "p_lower", "time", "samples", "decision", "p_upper"];
 pub const PREDICT_COLUMNS: [&str; 5] = ["idx", "label", "predict", "correct", "time"];
 
-/// Which of the two tables.
+/// Which table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Certify,
+    /// `certify.tsv` of a sequential mode (three more columns).
+    CertifySequential,
     Predict,
 }
 
 impl Table {
     pub fn file_name(self) -> &'static str {
         match self {
-            Table::Certify => CERTIFY_FILE,
+            Table::Certify | Table::CertifySequential => CERTIFY_FILE,
             Table::Predict => PREDICT_FILE,
         }
     }
@@ -33,6 +39,7 @@ impl Table {
     fn columns(self) -> &'static [&'static str] {
         match self {
             Table::Certify => &CERTIFY_COLUMNS,
+            Table::CertifySequential => &CERTIFY_SEQUENTIAL_COLUMNS,
             Table::Predict => &PREDICT_COLUMNS,
         }
     }
@@ -51,6 +58,13 @@ impl Table {
                 c.count_a.unwrap_or(0),
                 c.p_lower.unwrap_or(0.0),
                 c.time
+            ),
+            Table::CertifySequential => format!(
+                "{}\t{}\t{}\t{}",
+                Table::Certify.row(c),
+                c.samples.unwrap_or(0),
+                c.decision.as_deref().unwrap_or(""),
+                c.p_upper.unwrap_or(1.0)
             ),
             Table::Predict => format!("{}\t{}\t{}\t{}\t{:.4}", c.idx, c.label, c.predict, correct, c.time),
         }
@@ -78,7 +92,18 @@ impl Table {
                 count_a: Some(f[5].parse().ok()?),
                 p_lower: Some(f[6].parse().ok()?),
                 time: f[7].parse().ok()?,
+                ..Certificate::default()
             },
+            Table::CertifySequential => {
+                let decision = f[9];
+                super::sequential::Decision::parse(decision)?;
+                Certificate {
+                    samples: Some(f[8].parse().ok()?),
+                    decision: Some(decision.to_string()),
+                    p_upper: Some(f[10].parse().ok()?),
+                    ..Table::Certify.parse_row(&f[..8].join("\t"))?
+                }
+            }
             Table::Predict => Certificate {
                 idx,
                 label,
@@ -88,6 +113,7 @@ impl Table {
                 count_a: None,
                 p_lower: None,
                 time: f[4].parse().ok()?,
+                ..Certificate::default()
             },
         })
     }
@@ -183,6 +209,7 @@ mod tests {
             count_a: Some(97),
             p_lower: Some(0.912345678901),
             time: 0.5,
+            ..Certificate::default()
         }
     }
 
@@ -207,6 +234,28 @@ mod tests {
         let (rows, len) = Table::Certify.read_rows(&text).unwrap().unwrap();
         assert_eq!(rows.iter().map(|c| c.idx).collect::<Vec<_>>(), [0, 10, 20, 30]);
         assert_eq!(len, text.len());
+    }
+
+    #[test]
+    fn sequential_rows_round_trip_and_fixed_tables_stay_as_they_were() {
+        let seq = Certificate {
+            samples: Some(400),
+            decision: Some("certified".into()),
+            p_upper: Some(0.99987654321),
+            ..cert(5)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TableWriter::create(dir.path(), Table::CertifySequential).unwrap();
+        w.write(&seq).unwrap();
+        drop(w);
+        let (_, rows) = TableWriter::resume(dir.path(), Table::CertifySequential).unwrap();
+        assert_eq!(rows, vec![seq.clone()]);
+        assert!(Table::CertifySequential
+            .parse_row(&Table::CertifySequential.row(&seq).replace("certified", "x"))
+            .is_none());
+        // A fixed-N table is not a sequential one (resuming across modes fails), and keeps 8 columns.
+        assert!(TableWriter::resume(dir.path(), Table::Certify).is_err());
+        assert_eq!(Table::Certify.row(&seq), Table::Certify.row(&cert(5)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::{
-    Arch, CertifyConfig, ConfigError, Dataset, ModelSource, PredictConfig, RunConfig, RunKind, SmoothingConfig,
+    Arch, CertifyConfig, CertifyMode, ConfigError, Dataset, ModelSource, PredictConfig, RunConfig, RunKind,
+    SmoothingConfig,
 };
 
 #[derive(Args, Debug, Default)]
@@ -19,6 +20,14 @@ pub struct CertifyArgs {
     /// Noise samples that select the top class [default: 100].
     #[arg(long)]
     pub n0: Option<usize>,
+    /// Target-radius mode: decide certified / not certifiable at this L2 radius as early as the
+    /// sequential test allows (--n is the cap).
+    #[arg(long, value_name = "R", allow_negative_numbers = true, conflicts_with = "tolerance")]
+    pub radius: Option<f64>,
+    /// Adaptive-N mode: stop when more samples are not expected to raise the radius by more than
+    /// this (L2; --n is the cap).
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    pub tolerance: Option<f64>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -96,6 +105,12 @@ impl CertifyArgs {
         };
         if let Some(n0) = self.n0 {
             cfg.smoothing.n0 = n0;
+        }
+        if let Some(radius) = self.radius {
+            cfg.smoothing.mode = CertifyMode::TargetRadius { radius };
+        }
+        if let Some(tolerance) = self.tolerance {
+            cfg.smoothing.mode = CertifyMode::Adaptive { tolerance };
         }
         self.common.apply(&mut cfg.model, &mut cfg.data_dir, &mut cfg.smoothing, &mut cfg.out_dir)?;
         cfg.resume |= self.common.resume;
@@ -206,7 +221,8 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 
 /// A validation error phrased for the command line: the flag first, then the config field.
 fn flag_error(e: ConfigError) -> anyhow::Error {
-    let flag = e.field.strip_prefix("smoothing.").map(|f| format!("--{}", f.replace('_', "-")));
+    let flag =
+        e.field.strip_prefix("smoothing.").map(|f| format!("--{}", f.trim_start_matches("mode.").replace('_', "-")));
     match flag {
         Some(flag) => anyhow!("{flag}: {} (config field {})", e.message, e.field),
         None => anyhow!("{}: {}", e.field, e.message),

@@ -2,25 +2,10 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
-
 use crate::config::RunConfig;
 use crate::events::Event;
-use crate::report::Reporter;
-use crate::stop::StopFlag;
 
-/// How a run ended when it did not fail.
-pub enum Outcome {
-    Finished { summary: std::collections::BTreeMap<String, f64> },
-    Stopped { checkpoint: Option<String> },
-}
-
-pub struct Context<'a> {
-    pub device: Device,
-    pub reporter: &'a Reporter,
-    pub stop: StopFlag,
-    pub threads: usize,
-}
+pub use crate::context::{Context, Outcome};
 
 /// Validates, reports `started`, runs, and reports `finished`, `stopped` or `failed`.
 pub fn execute(config: RunConfig, ctx: &Context) -> anyhow::Result<()> {

@@ -24,8 +24,8 @@ pub use fit::{fit, Fit, Job};
 pub use objective::{Objective, StepInput, StepLoss};
 pub use streams::{eval_rng, step_rng};
 
-use crate::cli::run::{Context, Outcome};
 use crate::config::{DataConfig, Dataset, TrainConfig};
+use crate::context::{Context, Outcome};
 use crate::data::{self, Augmentation, Split};
 use crate::events::ArtifactKind;
 use crate::models::meta::{Provenance, META_FILE, WEIGHTS_FILE};

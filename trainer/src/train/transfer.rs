@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::objective::{Objective, StepInput, StepLoss};
 use super::{augmentation, create_out_dir, finish, fit, identity, load_splits, Job, Made};
-use crate::cli::run::{Context, Outcome};
 use crate::config::{TransferConfig, TransferLoss};
+use crate::context::{Context, Outcome};
 use crate::models::meta::Provenance;
 use crate::models::{Model, ModelMeta};
 use anyhow::{bail, Context as _};

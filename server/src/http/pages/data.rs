@@ -4,14 +4,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crt_trainer::config::RunKind;
+
 use super::PageError;
 use crate::certified::{self, CertSummary};
-use crate::http::api::RunView;
+use crate::http::runs::RunView;
 use crate::http::AppState;
 use crate::runs::RunStatus;
+use crate::store::certificates;
 use crate::store::journal::{self, Scope};
 use crate::store::runs::{self, Run, RunFilter};
-use crate::store::{certificates, metrics};
 
 /// The radii of the certified-accuracy columns (Cohen et al.'s table; 0 is the smoothed accuracy).
 pub const STANDARD_RADII: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
@@ -28,19 +30,13 @@ pub struct RunBrief {
     pub id: i64,
     pub experiment_id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: RunKind,
     pub status: RunStatus,
 }
 
 impl From<&Run> for RunBrief {
     fn from(r: &Run) -> Self {
-        RunBrief {
-            id: r.id,
-            experiment_id: r.experiment_id,
-            name: r.name.clone(),
-            kind: r.kind.clone(),
-            status: r.status,
-        }
+        RunBrief { id: r.id, experiment_id: r.experiment_id, name: r.name.clone(), kind: r.kind, status: r.status }
     }
 }
 
@@ -49,14 +45,7 @@ impl From<&Run> for RunBrief {
 pub async fn run_view(app: &AppState, id: i64) -> anyhow::Result<Option<RunView>> {
     let last_seq = journal::last_seq(&app.store.pool, Scope::Run(id)).await?;
     let Some(run) = runs::get(&app.store.pool, id).await? else { return Ok(None) };
-    Ok(Some(view_of(app, run, last_seq).await?))
-}
-
-async fn view_of(app: &AppState, run: Run, last_seq: i64) -> anyhow::Result<RunView> {
-    let metrics = metrics::latest(&app.store.pool, run.id).await?;
-    // The same rule as the API: only training runs have checkpoints to resume from.
-    let resumable = run.status.is_resumable() && matches!(run.kind.as_str(), "train" | "transfer");
-    Ok(RunView { run, metrics, resumable, last_seq })
+    Ok(Some(RunView::load(&app.store.pool, run, last_seq).await?))
 }
 
 pub async fn experiment_runs(app: &AppState, experiment_id: i64) -> anyhow::Result<Vec<RunView>> {
@@ -64,7 +53,7 @@ pub async fn experiment_runs(app: &AppState, experiment_id: i64) -> anyhow::Resu
     let mut views = Vec::new();
     for run in runs::list(&app.store.pool, &filter).await? {
         let last_seq = journal::last_seq(&app.store.pool, Scope::Run(run.id)).await?;
-        views.push(view_of(app, run, last_seq).await?);
+        views.push(RunView::load(&app.store.pool, run, last_seq).await?);
     }
     Ok(views)
 }
@@ -96,13 +85,13 @@ pub async fn briefs(app: &AppState, ids: &[i64]) -> anyhow::Result<Vec<RunBrief>
 /// The run whose certificates describe `run`: itself for a certification, otherwise the newest
 /// certification of this model, preferring finished ones.
 pub async fn certification_of(app: &AppState, run: &Run) -> anyhow::Result<Option<RunBrief>> {
-    if run.kind == "certify" {
+    if run.kind == RunKind::Certify {
         return Ok(Some(RunBrief::from(run)));
     }
     let mut best: Option<Run> = None;
     for id in runs::children_of(&app.store.pool, run.id).await? {
         let Some(child) = runs::get(&app.store.pool, id).await? else { continue };
-        if child.kind != "certify" {
+        if child.kind != RunKind::Certify {
             continue;
         }
         let rank = |r: &Run| (r.status == RunStatus::Finished, r.id);
@@ -124,8 +113,12 @@ pub struct CompareEntry {
 pub async fn compare_entries(app: &AppState, ids: &[i64]) -> Result<Vec<CompareEntry>, PageError> {
     let mut out = Vec::new();
     for &id in ids {
-        let view = run_view(app, id).await?.ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
-        let certification = certification_of(app, &view.run).await?;
+        let last_seq = journal::last_seq(&app.store.pool, Scope::Run(id)).await?;
+        let run = runs::get(&app.store.pool, id)
+            .await?
+            .ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
+        let certification = certification_of(app, &run).await?;
+        let view = RunView::load(&app.store.pool, run, last_seq).await?;
         let summary = match &certification {
             Some(c) => Some(summary(app, c.id).await?),
             None => None,
@@ -146,9 +139,7 @@ pub struct StreamStart {
 pub async fn experiment_streams(app: &AppState, entries: &[CompareEntry]) -> anyhow::Result<Vec<StreamStart>> {
     let ids: BTreeSet<i64> = entries
         .iter()
-        .flat_map(|e| {
-            std::iter::once(e.view.run.experiment_id).chain(e.certification.as_ref().map(|c| c.experiment_id))
-        })
+        .flat_map(|e| std::iter::once(e.view.experiment_id).chain(e.certification.as_ref().map(|c| c.experiment_id)))
         .collect();
     let mut out = Vec::new();
     for experiment_id in ids {

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crt_trainer::config::{Arch, Dataset, Method, OptimConfig, SmoothingConfig, TransferLoss};
+use crt_trainer::config::{Arch, Dataset, Method, OptimConfig, RunKind, SmoothingConfig, TransferLoss};
 
 use crate::http::AppState;
 use crate::runs::RunStatus;
@@ -215,8 +215,8 @@ fn describe(key: &str) -> (&str, &'static str) {
     }
 }
 
-/// Train and transfer runs that can serve as a teacher or be certified (not failed), grouped by
-/// experiment with this experiment first.
+/// Runs that make a model ([`RunKind::makes_model`]) and so can serve as a teacher or be
+/// certified (not failed), grouped by experiment with this experiment first.
 async fn model_groups(app: &AppState, experiment_id: i64, parent: Option<i64>) -> anyhow::Result<Vec<ModelGroup>> {
     let pool = &app.store.pool;
     let mut groups: Vec<ModelGroup> = Vec::new();
@@ -224,9 +224,9 @@ async fn model_groups(app: &AppState, experiment_id: i64, parent: Option<i64>) -
     exps.sort_by_key(|e| (e.id != experiment_id, -e.id));
     for exp in exps {
         let mut models = Vec::new();
-        for kind in ["train", "transfer"] {
+        for kind in RunKind::ALL.into_iter().filter(|k| k.makes_model()) {
             let filter =
-                RunFilter { experiment_id: Some(exp.id), kind: Some(kind.into()), limit: 1000, ..RunFilter::default() };
+                RunFilter { experiment_id: Some(exp.id), kind: Some(kind), limit: 1000, ..RunFilter::default() };
             for run in runs::list(pool, &filter).await? {
                 if run.status == RunStatus::Failed {
                     continue;

@@ -1,0 +1,65 @@
+//! `GET /api/v1/runs/{id}/certificates` and `…/certificates/summary`: a certification's
+//! per-image results and its certified accuracy by radius.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::errors::ApiError;
+use super::extract::{find_run, P, Q};
+use super::AppState;
+use crate::certified;
+use crate::store::certificates;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/runs/{id}/certificates", get(list_certificates))
+        .route("/runs/{id}/certificates/summary", get(certificate_summary))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertQuery {
+    /// Images with index greater than this.
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_certificates(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+    Q(q): Q<CertQuery>,
+) -> Result<Json<Vec<crt_trainer::events::Certificate>>, ApiError> {
+    find_run(&app, id).await?;
+    let limit = q.limit.unwrap_or(10_000);
+    if !(1..=100_000).contains(&limit) {
+        return Err(ApiError::bad_param("limit", "must be between 1 and 100000"));
+    }
+    Ok(Json(certificates::list(&app.store.pool, id, q.after.unwrap_or(-1), limit).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    /// Comma-separated radii; default 0, 0.25, … up to the largest radius (at least 1).
+    radii: Option<String>,
+}
+
+async fn certificate_summary(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+    Q(q): Q<SummaryQuery>,
+) -> Result<Json<certified::CertSummary>, ApiError> {
+    find_run(&app, id).await?;
+    let certs = certificates::list(&app.store.pool, id, -1, i64::MAX).await?;
+    let radii = match q.radii {
+        Some(list) => list
+            .split(',')
+            .map(|r| r.trim().parse::<f64>().ok().filter(|r| r.is_finite() && *r >= 0.0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::bad_param("radii", "expected comma-separated numbers >= 0, e.g. 0,0.25,0.5"))?,
+        None => certified::default_radii(&certs),
+    };
+    Ok(Json(certified::summarize(&certs, &radii)))
+}

@@ -1,0 +1,47 @@
+//! `GET /api/v1/runs/{id}/logs`: a page of a run's log lines.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+use super::extract::{find_run, one_of, P, Q};
+use super::AppState;
+use crate::store::logs;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/runs/{id}/logs", get(run_logs))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    after: Option<i64>,
+    before: Option<i64>,
+    stream: Option<String>,
+    /// The newest `limit` lines instead of the oldest.
+    #[serde(default)]
+    tail: bool,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct LogPage {
+    lines: Vec<logs::LogLine>,
+    /// Pass as `after` to read the following lines (the last id returned, or `after`).
+    next_after: i64,
+}
+
+async fn run_logs(State(app): State<AppState>, P(id): P<i64>, Q(q): Q<LogParams>) -> Result<Json<LogPage>, ApiError> {
+    find_run(&app, id).await?;
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_param("limit", "must be between 1 and 10000"));
+    }
+    let stream = one_of("stream", q.stream, &["stdout", "stderr", "trainer", "server"])?;
+    let query = logs::LogQuery { after: q.after, before: q.before, stream, tail: q.tail, limit };
+    let lines = logs::read(&app.store.pool, id, &query).await?;
+    let next_after = lines.last().map(|l| l.id).or(q.after).unwrap_or(0);
+    Ok(Json(LogPage { lines, next_after }))
+}

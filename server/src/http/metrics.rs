@@ -1,0 +1,80 @@
+//! `GET /api/v1/runs/{id}/metrics`: a run's metric history, optionally downsampled.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+use super::extract::{find_run, P, Q};
+use super::AppState;
+use crate::downsample::downsample;
+use crate::store::metrics::{self, MetricPoint};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/runs/{id}/metrics", get(metric_history))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricQuery {
+    /// Comma-separated keys; default all.
+    keys: Option<String>,
+    /// Most points per key (at least 3); default all points.
+    points: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct MetricSeries {
+    /// Points stored for this key.
+    total: usize,
+    downsampled: bool,
+    points: Vec<MetricPoint>,
+}
+
+#[derive(Serialize)]
+struct MetricHistory {
+    run_id: i64,
+    metrics: BTreeMap<String, MetricSeries>,
+}
+
+async fn metric_history(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+    Q(q): Q<MetricQuery>,
+) -> Result<Json<MetricHistory>, ApiError> {
+    find_run(&app, id).await?;
+    if q.points.is_some_and(|p| p < 3) {
+        return Err(ApiError::bad_param(
+            "points",
+            "must be at least 3 (each bucket keeps its min, max and last point)",
+        ));
+    }
+    let known = metrics::keys(&app.store.pool, id).await?;
+    let keys: Vec<String> = match &q.keys {
+        Some(list) => list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
+        None => known.clone(),
+    };
+    if let Some(unknown) = keys.iter().find(|k| !known.contains(k)) {
+        return Err(ApiError::bad_param(
+            "keys",
+            format!(
+                "run {id} has no metric '{unknown}'; it has: {}",
+                if known.is_empty() { "none yet".into() } else { known.join(", ") }
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let full = metrics::history(&app.store.pool, id, &key).await?;
+        let total = full.len();
+        let points = match q.points {
+            Some(p) => downsample(&full, p),
+            None => full,
+        };
+        out.insert(key, MetricSeries { total, downsampled: points.len() < total, points });
+    }
+    Ok(Json(MetricHistory { run_id: id, metrics: out }))
+}
