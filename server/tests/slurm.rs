@@ -203,7 +203,8 @@ async fn stop_and_resume_on_slurm() {
     let env = TestEnv::new();
     let server = env.server();
     let exp = server.create_experiment("slurm stop").await;
-    let mut config = train_config(3, 1000);
+    // Long enough that the stop always comes before the end, even on a fast machine.
+    let mut config = train_config(20, 1000);
     config["optim"]["batch_size"] = json!(32);
     let run = create_slurm_run(&server, exp, &[], config, None).await;
     wait_running_with_metrics(&server, run).await;

@@ -229,8 +229,15 @@ impl Launcher {
             Handle::Local { pid, attempt_dir } => {
                 local::signal_supervisor(*pid, attempt_dir, nix::sys::signal::SIGTERM)
             }
-            Handle::Slurm { job_id, .. } if pending => slurm::cancel(job_id).await,
-            Handle::Slurm { job_id, .. } => slurm::signal(job_id, "TERM").await,
+            Handle::Slurm { job_id, .. } => {
+                let sent = if pending { slurm::cancel(job_id).await } else { slurm::signal(job_id, "TERM").await };
+                // A job that ended a moment ago is no longer known to scancel: nothing left to
+                // stop, and supervision records how it really ended.
+                if let Err(e) = sent {
+                    tracing::warn!(job_id, "stopping the Slurm job: {e:#}");
+                }
+                Ok(())
+            }
         }
     }
 
