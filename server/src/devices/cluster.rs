@@ -51,13 +51,9 @@ impl ClusterMonitor {
     /// Refreshes every `every` until `shutdown`.
     pub fn spawn_refresh(self: &Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => me.refresh().await,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        super::every_until(every, shutdown, move || {
+            let me = me.clone();
+            async move { me.refresh().await }
         });
     }
 }

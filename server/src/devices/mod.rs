@@ -90,15 +90,27 @@ impl GpuMonitor {
     /// Refreshes every `every` until `shutdown`.
     pub fn spawn_refresh(self: &Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => me.refresh().await,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        every_until(every, shutdown, move || {
+            let me = me.clone();
+            async move { me.refresh().await }
         });
     }
+}
+
+/// Runs `refresh` every `every` until `shutdown`, in the background (the device monitors' loop).
+pub fn every_until<F, Fut>(every: Duration, shutdown: CancellationToken, refresh: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => refresh().await,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -313,43 +313,7 @@ mod tests {
     use serde_json::json;
 
     fn run(kind: RunKind, status: RunStatus) -> Run {
-        Run {
-            id: 7,
-            experiment_id: 1,
-            name: "r".into(),
-            kind,
-            status,
-            config: json!({"kind": kind.as_str()}),
-            resolved_config: None,
-            arch: None,
-            method: None,
-            dataset: None,
-            sigma: None,
-            parents: vec![],
-            out_dir: "/data/runs/7".into(),
-            created_at: 0.0,
-            queued_at: 0.0,
-            started_at: None,
-            finished_at: None,
-            wall_time_s: 0.0,
-            attempt: 0,
-            pid: None,
-            pgid: None,
-            backend: BackendKind::Local,
-            resources: None,
-            handle: None,
-            backend_state: None,
-            cursor: Default::default(),
-            stop_requested_at: None,
-            terminal: None,
-            exit_code: None,
-            exit_signal: None,
-            error: None,
-            device_request: DeviceRequest::Auto,
-            device: None,
-            summary: None,
-            progress: None,
-        }
+        Run { id: 7, status, ..Run::example(7, kind) }
     }
 
     #[test]

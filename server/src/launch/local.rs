@@ -57,7 +57,10 @@ pub fn spawn(argv: &[String], run_dir: &Path, attempt_dir: &Path, device: Device
     tokio::spawn(async move {
         if let Ok(status) = child.wait().await {
             use std::os::unix::process::ExitStatusExt;
-            children().lock().expect("children lock").insert(pid, Some((status.code(), status.signal())));
+            // Only while someone may still ask (see `forget`).
+            if let Some(slot) = children().lock().expect("children lock").get_mut(&pid) {
+                *slot = Some((status.code(), status.signal()));
+            }
         }
     });
     Ok(pid)
@@ -82,6 +85,11 @@ pub enum AsParent {
     NotReaped,
     /// Started here and reaped, with its wait status (taken once).
     Exited(WaitStatus),
+}
+
+/// The attempt's ending is recorded: nobody will ask about this supervisor again.
+pub fn forget(pid: i32) {
+    children().lock().expect("children lock").remove(&pid);
 }
 
 pub fn as_parent(pid: i32) -> AsParent {

@@ -250,6 +250,9 @@ impl RunManager {
             store::artifacts::list(&self.store.pool, id).await?.into_iter().map(|a| a.path).collect();
         let extra = record::unreported_files(Path::new(&run.out_dir), &known).await;
         record::record_artifacts(&self.store, id, run.experiment_id, &extra).await?;
+        if let Some(Handle::Local { pid, .. }) = &run.handle {
+            local::forget(*pid);
+        }
         self.record_ending(&run, &end).await
     }
 }

@@ -251,41 +251,16 @@ mod tests {
 
     fn parent(id: i64, kind: RunKind) -> Run {
         Run {
-            id,
-            experiment_id: 1,
             name: "p".into(),
-            kind,
             status: RunStatus::Finished,
             config: json!({}),
-            resolved_config: None,
             arch: Some("lenet".into()),
             method: Some("gaussian".into()),
             dataset: Some("mnist".into()),
             sigma: Some(0.25),
-            parents: vec![],
-            out_dir: format!("/data/runs/{id}"),
-            created_at: 0.0,
-            queued_at: 0.0,
-            started_at: None,
-            finished_at: None,
-            wall_time_s: 0.0,
             attempt: 1,
-            pid: None,
-            pgid: None,
             exit_code: Some(0),
-            exit_signal: None,
-            error: None,
-            device_request: DeviceRequest::Auto,
-            device: None,
-            summary: None,
-            progress: None,
-            backend: BackendKind::Local,
-            resources: None,
-            handle: None,
-            backend_state: None,
-            cursor: Default::default(),
-            stop_requested_at: None,
-            terminal: None,
+            ..Run::example(id, kind)
         }
     }
 

@@ -78,6 +78,50 @@ pub struct Run {
     pub progress: Option<Progress>,
 }
 
+impl Run {
+    /// A queued local run of `kind` with every optional field empty: a starting point for tests.
+    #[cfg(test)]
+    pub fn example(id: i64, kind: RunKind) -> Run {
+        Run {
+            id,
+            experiment_id: 1,
+            name: format!("run {id}"),
+            kind,
+            status: RunStatus::Queued,
+            config: serde_json::json!({ "kind": kind.as_str() }),
+            resolved_config: None,
+            arch: None,
+            method: None,
+            dataset: None,
+            sigma: None,
+            parents: vec![],
+            out_dir: format!("/data/runs/{id}"),
+            created_at: 0.0,
+            queued_at: 0.0,
+            started_at: None,
+            finished_at: None,
+            wall_time_s: 0.0,
+            attempt: 0,
+            pid: None,
+            pgid: None,
+            backend: BackendKind::Local,
+            resources: None,
+            handle: None,
+            backend_state: None,
+            cursor: Cursor::default(),
+            stop_requested_at: None,
+            terminal: None,
+            exit_code: None,
+            exit_signal: None,
+            error: None,
+            device_request: DeviceRequest::Auto,
+            device: None,
+            summary: None,
+            progress: None,
+        }
+    }
+}
+
 /// Columns copied out of the config so runs can be filtered without JSON functions.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigColumns {
