@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::auth::Scope;
 use crate::devices::Device;
 use crate::launch::slurm::SlurmResources;
 use crate::launch::BackendKind;
@@ -15,17 +16,23 @@ use crate::launch::BackendKind;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "crt-server", version)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
+    /// Any address but loopback requires API tokens (`crt-server token create`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+    /// Require an API token (or a browser login) even on a loopback address.
+    #[arg(long)]
+    pub require_auth: bool,
     /// Where the SQLite database, run outputs and datasets live.
-    #[arg(long, default_value = "./crt-data")]
+    #[arg(long, global = true, default_value = "./crt-data")]
     pub data_dir: PathBuf,
     /// Where datasets are cached (default: <data-dir>/datasets).
     #[arg(long, env = "CRT_DATASETS_DIR")]
     pub datasets_dir: Option<PathBuf>,
     /// Use this database instead of the embedded SQLite file (postgres://… or sqlite:…).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// How many trainer processes may run at once (1 suits a CPU machine).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -77,10 +84,50 @@ pub struct Cli {
     pub static_dir: PathBuf,
 }
 
+/// What to do instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// API tokens: create (the secret is printed once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (alone, on stdout); only its hash is stored.
+    Create {
+        /// read: see everything; write: also launch, stop and delete; admin: also manage tokens.
+        #[arg(long, value_enum)]
+        scope: Scope,
+        /// A name to recognize it by in `token list` (e.g. who or what uses it).
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id: it stops working at once, and its browser sessions end.
+    Revoke { id: i64 },
+}
+
+impl Cli {
+    /// `--database-url`, or the embedded SQLite file in `--data-dir` (created if needed).
+    pub fn resolved_database_url(&self) -> anyhow::Result<String> {
+        match &self.database_url {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let data_dir = make_dir(&self.data_dir, "--data-dir")?;
+                Ok(format!("sqlite://{}?mode=rwc", data_dir.join("crt.db").display()))
+            }
+        }
+    }
+}
+
 /// Everything the server needs, with paths made absolute and directories created.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
+    /// Tokens are required: `--require-auth`, or any bind address but loopback.
+    pub require_auth: bool,
     pub data_dir: PathBuf,
     pub runs_dir: PathBuf,
     pub datasets_dir: PathBuf,
@@ -121,17 +168,16 @@ impl Settings {
             extra_args: cli.slurm_extra_args.clone(),
         };
         slurm_defaults.validate().map_err(|(field, msg)| anyhow::anyhow!("--slurm-{field}: {msg}"))?;
-        let datasets_dir = make_dir(&cli.datasets_dir.unwrap_or_else(|| data_dir.join("datasets")), "--datasets-dir")?;
-        let database_url = match cli.database_url {
-            Some(url) => url,
-            None => format!("sqlite://{}?mode=rwc", data_dir.join("crt.db").display()),
-        };
+        let datasets_dir =
+            make_dir(&cli.datasets_dir.clone().unwrap_or_else(|| data_dir.join("datasets")), "--datasets-dir")?;
+        let database_url = cli.resolved_database_url()?;
         let trainer_bin = match cli.trainer_bin {
             Some(p) => p,
             None => default_trainer_bin()?,
         };
         Ok(Settings {
             bind: cli.bind,
+            require_auth: cli.require_auth || !cli.bind.ip().is_loopback(),
             data_dir,
             runs_dir,
             datasets_dir,

@@ -6,8 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use tokio_util::io::ReaderStream;
 
 use super::errors::ApiError;
@@ -15,13 +14,7 @@ use super::extract::{find_run, P};
 use super::AppState;
 use crate::store::artifacts;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/runs/{id}/artifacts", get(list_artifacts))
-        .route("/runs/{id}/artifacts/{*path}", get(download_artifact))
-}
-
-async fn list_artifacts(
+pub(super) async fn list_artifacts(
     State(app): State<AppState>,
     P(id): P<i64>,
 ) -> Result<Json<Vec<artifacts::Artifact>>, ApiError> {
@@ -29,7 +22,10 @@ async fn list_artifacts(
     Ok(Json(artifacts::list(&app.store.pool, id).await?))
 }
 
-async fn download_artifact(State(app): State<AppState>, P((id, path)): P<(i64, String)>) -> Result<Response, ApiError> {
+pub(super) async fn download_artifact(
+    State(app): State<AppState>,
+    P((id, path)): P<(i64, String)>,
+) -> Result<Response, ApiError> {
     let run = find_run(&app, id).await?;
     // Only recorded artifacts are served, so the path cannot wander outside the run directory.
     let artifact = artifacts::get(&app.store.pool, id, &path)

@@ -2,8 +2,7 @@
 //! per-image results and its certified accuracy by radius.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 
 use super::errors::ApiError;
@@ -12,21 +11,15 @@ use super::AppState;
 use crate::certified;
 use crate::store::certificates;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/runs/{id}/certificates", get(list_certificates))
-        .route("/runs/{id}/certificates/summary", get(certificate_summary))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CertQuery {
+pub(super) struct CertQuery {
     /// Images with index greater than this.
     after: Option<i64>,
     limit: Option<i64>,
 }
 
-async fn list_certificates(
+pub(super) async fn list_certificates(
     State(app): State<AppState>,
     P(id): P<i64>,
     Q(q): Q<CertQuery>,
@@ -41,12 +34,12 @@ async fn list_certificates(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SummaryQuery {
+pub(super) struct SummaryQuery {
     /// Comma-separated radii; default 0, 0.25, … up to the largest radius (at least 1).
     radii: Option<String>,
 }
 
-async fn certificate_summary(
+pub(super) async fn certificate_summary(
     State(app): State<AppState>,
     P(id): P<i64>,
     Q(q): Q<SummaryQuery>,

@@ -26,6 +26,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No valid credentials (a missing, unknown or revoked token).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right: a read token on a change, a cross-site request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Logged with an id; the client sees only the id, never the text (paths, SQL, …).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -42,6 +51,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,14 +65,39 @@ impl IntoResponse for ApiError {
         let body = match &self {
             ApiError::BadRequest { message, field: Some(field) } => json!({ "error": message, "field": field }),
             ApiError::Invalid { field, .. } => json!({ "error": self.to_string(), "field": field }),
-            ApiError::Internal(e) => {
-                tracing::error!("internal error: {e:#}");
-                json!({ "error": format!("internal error: {e:#}") })
-            }
+            ApiError::Internal(e) => return internal_error_response(&format!("{e:#}")),
             other => json!({ "error": other.to_string() }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
+}
+
+/// A fresh id that ties a client's error report to the server log line.
+pub fn error_id() -> String {
+    crate::auth::secret::generate("").map(|s| s[..12].to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Logs `detail` under a new error id and answers 500 with only that id: internal text (paths,
+/// SQL, panic messages) stays in the log.
+pub fn internal_error_response(detail: &str) -> Response {
+    let id = error_id();
+    tracing::error!(error_id = %id, "internal error: {detail}");
+    let body = json!({ "error": format!("internal error; see the server log (error id {id})"), "error_id": id });
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}
+
+/// For `CatchPanicLayer`: a panicking handler becomes an ordinary internal error.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    internal_error_response(&format!("handler panicked: {text}"))
 }
 
 impl From<FieldError> for ApiError {
@@ -109,9 +146,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "the request body must be JSON (Content-Type: application/json)".into(),
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| ApiError::BadRequest {
-            message: format!("cannot read the request body: {}", e.body_text()),
-            field: None,
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES))
+            } else {
+                ApiError::BadRequest {
+                    message: format!("cannot read the request body: {}", e.body_text()),
+                    field: None,
+                }
+            }
         })?;
         parse_json(&bytes).map(JsonBody)
     }

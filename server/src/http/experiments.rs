@@ -3,8 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{ApiError, JsonBody};
@@ -13,15 +12,9 @@ use super::AppState;
 use crate::store::experiments::{self, Experiment, ExperimentPatch};
 use crate::store::journal::{self, Scope};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/experiments", get(list_experiments).post(create_experiment))
-        .route("/experiments/{id}", get(get_experiment).patch(update_experiment).delete(delete_experiment))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewExperiment {
+pub(super) struct NewExperiment {
     name: String,
     #[serde(default)]
     description: String,
@@ -31,7 +24,7 @@ struct NewExperiment {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExperimentUpdate {
+pub(super) struct ExperimentUpdate {
     name: Option<String>,
     description: Option<String>,
     tags: Option<Vec<String>>,
@@ -62,11 +55,11 @@ fn check_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-async fn list_experiments(State(app): State<AppState>) -> Result<Json<Vec<Experiment>>, ApiError> {
+pub(super) async fn list_experiments(State(app): State<AppState>) -> Result<Json<Vec<Experiment>>, ApiError> {
     Ok(Json(experiments::list(&app.store.pool).await?))
 }
 
-async fn create_experiment(
+pub(super) async fn create_experiment(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<NewExperiment>,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
@@ -77,20 +70,23 @@ async fn create_experiment(
 }
 
 #[derive(Serialize)]
-struct ExperimentView {
+pub(super) struct ExperimentView {
     #[serde(flatten)]
     experiment: Experiment,
     /// The newest event sequence number: subscribe to the event stream with `?after=` this.
     last_seq: i64,
 }
 
-async fn get_experiment(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<ExperimentView>, ApiError> {
+pub(super) async fn get_experiment(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+) -> Result<Json<ExperimentView>, ApiError> {
     let experiment = find_experiment(&app, id).await?;
     let last_seq = journal::last_seq(&app.store.pool, Scope::Experiment(id)).await?;
     Ok(Json(ExperimentView { experiment, last_seq }))
 }
 
-async fn update_experiment(
+pub(super) async fn update_experiment(
     State(app): State<AppState>,
     P(id): P<i64>,
     JsonBody(req): JsonBody<ExperimentUpdate>,
@@ -106,7 +102,7 @@ async fn update_experiment(
         .ok_or_else(|| ApiError::NotFound(format!("experiment {id} does not exist")))
 }
 
-async fn delete_experiment(State(app): State<AppState>, P(id): P<i64>) -> Result<StatusCode, ApiError> {
+pub(super) async fn delete_experiment(State(app): State<AppState>, P(id): P<i64>) -> Result<StatusCode, ApiError> {
     let exp = find_experiment(&app, id).await?;
     let active: i64 = ["queued", "running"].iter().map(|s| exp.run_counts.get(*s).copied().unwrap_or(0)).sum();
     if active > 0 {

@@ -1,8 +1,7 @@
 //! `GET /api/v1/runs/{id}/logs`: a page of a run's log lines.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
@@ -10,13 +9,9 @@ use super::extract::{find_run, one_of, P, Q};
 use super::AppState;
 use crate::store::logs;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/runs/{id}/logs", get(run_logs))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogParams {
+pub(super) struct LogParams {
     after: Option<i64>,
     before: Option<i64>,
     stream: Option<String>,
@@ -27,13 +22,17 @@ struct LogParams {
 }
 
 #[derive(Serialize)]
-struct LogPage {
+pub(super) struct LogPage {
     lines: Vec<logs::LogLine>,
     /// Pass as `after` to read the following lines (the last id returned, or `after`).
     next_after: i64,
 }
 
-async fn run_logs(State(app): State<AppState>, P(id): P<i64>, Q(q): Q<LogParams>) -> Result<Json<LogPage>, ApiError> {
+pub(super) async fn run_logs(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+    Q(q): Q<LogParams>,
+) -> Result<Json<LogPage>, ApiError> {
     find_run(&app, id).await?;
     let limit = q.limit.unwrap_or(500);
     if !(1..=10_000).contains(&limit) {

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::errors::ApiError;
@@ -13,13 +12,9 @@ use super::AppState;
 use crate::downsample::downsample;
 use crate::store::metrics::{self, MetricPoint};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/runs/{id}/metrics", get(metric_history))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MetricQuery {
+pub(super) struct MetricQuery {
     /// Comma-separated keys; default all.
     keys: Option<String>,
     /// Most points per key (at least 3); default all points.
@@ -35,12 +30,12 @@ struct MetricSeries {
 }
 
 #[derive(Serialize)]
-struct MetricHistory {
+pub(super) struct MetricHistory {
     run_id: i64,
     metrics: BTreeMap<String, MetricSeries>,
 }
 
-async fn metric_history(
+pub(super) async fn metric_history(
     State(app): State<AppState>,
     P(id): P<i64>,
     Q(q): Q<MetricQuery>,

@@ -6,23 +6,29 @@ pub mod devices;
 pub mod errors;
 pub mod experiments;
 pub mod extract;
+pub mod guard;
 pub mod health;
+pub mod login;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod routes;
 pub mod runs;
 pub mod sse;
 pub mod study;
+pub mod tokens;
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Auth;
 use crate::cli::Settings;
 use crate::runs::RunManager;
 use crate::store::Store;
@@ -39,34 +45,22 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The Slurm cluster's nodes, when Slurm is the server's backend.
     pub cluster: Option<Arc<crate::devices::cluster::ClusterMonitor>>,
+    pub auth: Auth,
 }
 
-/// The JSON API under `/api/v1` (documented in docs/api.md and at /api/openapi.json): one
-/// module per resource, each contributing its routes.
-fn api() -> Router<AppState> {
-    Router::new()
-        .merge(health::routes())
-        .route("/devices", get(devices::get_devices))
-        .merge(experiments::routes())
-        .merge(runs::routes())
-        .merge(metrics::routes())
-        .merge(logs::routes())
-        .merge(artifacts::routes())
-        .merge(certificates::routes())
-        .merge(sse::routes())
-}
+/// Largest request body accepted (JSON documents; file uploads will have their own limit).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// The whole application: each part (the API's resources, `pages`, …) contributes a `Router<AppState>`.
+/// The whole application: the route table (`routes`), each route behind the auth guard, plus the
+/// static files. A panicking handler answers like any internal error (an id, no text).
 pub fn router(state: AppState) -> Router {
     let static_dir = state.settings.static_dir.clone();
-    Router::new()
-        .nest("/api/v1", api())
-        .merge(pages::routes())
-        .merge(study::routes())
-        .route("/api/openapi.json", get(openapi::document))
+    routes::router(&state)
         .nest_service("/static", ServeDir::new(static_dir))
         .fallback(not_found)
         .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -1,4 +1,11 @@
 //! The OpenAPI 3.1 document, served at /api/openapi.json (hand-written; docs/api.md has the prose).
+//!
+//! Every operation lists every status code the server can answer it with: besides each route's own
+//! (200/201/202/204, 404, 409, 422), the ones that follow from how the request is taken apart and
+//! guarded are added by [`complete`]: 400 for a malformed path segment or query parameter (an
+//! unknown query parameter too), 400/413/415/422 for a JSON body, 401/403 from the token guard on
+//! every operation but the public ones, and 500 (an error id, never internal text). `scripts/fuzz.sh`
+//! checks the server against this document with schemathesis.
 
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -16,25 +23,34 @@ fn schema_ref(name: &str) -> Value {
 }
 
 fn json_body(schema: Value) -> Value {
-    json!({ "content": { "application/json": { "schema": schema } } })
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
 }
 
 fn ok(description: &str, schema: Value) -> Value {
-    let mut r = json_body(schema);
-    r["description"] = json!(description);
-    r
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
 fn error(description: &str) -> Value {
     ok(description, schema_ref("Error"))
 }
 
+/// A database id in a path: the server parses it as a signed 64-bit integer (400 otherwise) and
+/// answers 404 for one that does not exist.
 fn id_param(what: &str) -> Value {
-    json!({ "name": "id", "in": "path", "required": true, "description": format!("{what} id"), "schema": { "type": "integer" } })
+    json!({ "name": "id", "in": "path", "required": true, "description": format!("{what} id"),
+            "schema": { "type": "integer", "format": "int64" }, "example": 1 })
 }
 
 fn query(name: &str, description: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn int64() -> Value {
+    json!({ "type": "integer", "format": "int64" })
+}
+
+fn int_range(min: i64, max: i64) -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": min, "maximum": max })
 }
 
 fn op(summary: &str, params: Vec<Value>, body: Option<Value>, responses: Vec<(&str, Value)>) -> Value {
@@ -50,6 +66,12 @@ fn op(summary: &str, params: Vec<Value>, body: Option<Value>, responses: Vec<(&s
     o
 }
 
+/// An operation anyone may call, without a token.
+fn public(mut o: Value) -> Value {
+    o["security"] = json!([]);
+    o
+}
+
 fn enum_of(values: &[&str]) -> Value {
     json!({ "type": "string", "enum": values })
 }
@@ -62,22 +84,58 @@ fn sse(summary: &str, what: &str) -> Value {
             query(
                 "after",
                 "Send events with a sequence number greater than this (default 0: all)",
-                json!({"type": "integer"}),
+                int64(),
             ),
             json!({ "name": "Last-Event-ID", "in": "header", "required": false,
-                    "description": "Set by reconnecting clients; wins over `after`", "schema": { "type": "integer" } }),
+                    "description": "Set by reconnecting clients; wins over `after` (400 when not an integer)", "schema": int64() }),
         ],
         None,
         vec![
             (
                 "200",
                 json!({ "description": "text/event-stream; each event: `id` = sequence number, `event` = type \
-                (status, started, metrics, progress, log, artifact, certificate), `data` = RunEvent JSON",
+                (status, launched, backend, started, metrics, progress, log, artifact, certificate), `data` = RunEvent JSON. \
+                The stream does not end while the server runs.",
                 "content": { "text/event-stream": { "schema": schema_ref("RunEvent") } } }),
             ),
             ("404", error("Unknown id")),
         ],
     )
+}
+
+/// Adds the responses every operation shares, by what it takes: see the module comment.
+fn complete(paths: &mut Map<String, Value>) {
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for operation in item.values_mut() {
+            let takes_params = operation["parameters"].as_array().is_some_and(|p| !p.is_empty());
+            let takes_body = operation.get("requestBody").is_some();
+            let is_public = operation.get("security").is_some_and(|s| s == &json!([]));
+            let responses = operation["responses"].as_object_mut().expect("responses");
+            let mut add = |code: &str, response: Value| {
+                responses.entry(code.to_string()).or_insert(response);
+            };
+            if takes_body {
+                add("400", error("Malformed JSON, or a malformed path segment or query parameter (`field` names it)"));
+                add("413", error("The body is larger than the server accepts"));
+                add("415", error("The body is not `Content-Type: application/json`"));
+                add("422", error("Valid JSON with a wrong, missing or unknown field or value (`field` names it)"));
+            } else if takes_params {
+                add("400", error("A malformed path segment, or a bad or unknown query parameter (`field` names it)"));
+            }
+            if !is_public {
+                let mut unauthorized = error("No valid token (missing, unknown or revoked) where the server requires one");
+                unauthorized["headers"] = json!({ "WWW-Authenticate": {
+                    "description": "`Bearer`", "schema": { "type": "string" } } });
+                add("401", unauthorized);
+                add(
+                    "403",
+                    error("The token's scope does not allow this (read < write < admin), or a browser change from a foreign origin"),
+                );
+            }
+            add("500", error("Internal error: logged on the server with `error_id`; the message carries no internal detail"));
+        }
+    }
 }
 
 pub fn spec() -> Value {
@@ -89,31 +147,34 @@ pub fn spec() -> Value {
     methods.extend(["crt", "kd"]);
 
     let run_filters = vec![
-        query("experiment_id", "Only runs of this experiment", json!({"type": "integer"})),
+        query("experiment_id", "Only runs of this experiment", int64()),
         query("status", "Only runs in this status", enum_of(&statuses)),
         query("kind", "Only runs of this kind", enum_of(&kinds)),
         query("arch", "Model architecture (a certification's is its model's)", enum_of(&archs)),
         query("method", "Training method (transfer: crt or kd)", enum_of(&methods)),
         query("dataset", "Dataset", enum_of(&datasets)),
         query("sort", "id, name, status, kind, created_at, started_at, finished_at, wall_time_s, sigma, or metric:<key>; prefix '-' for descending", json!({"type": "string"})),
-        query("limit", "1..1000, default 100", json!({"type": "integer"})),
-        query("offset", "default 0", json!({"type": "integer"})),
+        query("limit", "1..1000, default 100", int_range(1, 1000)),
+        query("offset", "default 0", json!({ "type": "integer", "format": "int64", "minimum": 0 })),
     ];
     let mut exp_run_filters = vec![id_param("Experiment")];
     exp_run_filters.extend(run_filters.iter().filter(|p| p["name"] != "experiment_id").cloned());
 
     let mut paths = Map::new();
-    paths.insert("/api/v1/health".into(), json!({ "get": op("Liveness and database check", vec![], None, vec![("200", ok("OK", json!({"type": "object"})))]) }));
+    paths.insert(
+        "/api/v1/health".into(),
+        json!({ "get": public(op("Liveness and database check (no token needed)", vec![], None, vec![("200", ok("OK", schema_ref("Health")))])) }),
+    );
     paths.insert("/api/v1/devices".into(), json!({ "get": op("The CPU and the GPUs (from nvidia-smi, refreshed every 5 s), with the run each GPU is busy with", vec![], None, vec![("200", ok("Devices", schema_ref("Devices")))]) }));
     paths.insert("/api/v1/experiments".into(), json!({
                 "get": op("List experiments", vec![], None, vec![("200", ok("Experiments", json!({"type": "array", "items": schema_ref("Experiment")})))]),
                 "post": op("Create an experiment", vec![], Some(json_body(schema_ref("NewExperiment"))), vec![
-                    ("201", ok("Created", schema_ref("Experiment"))), ("400", error("Malformed JSON")), ("422", error("Invalid field"))]),
+                    ("201", ok("Created", schema_ref("Experiment")))]),
             }));
     paths.insert("/api/v1/experiments/{id}".into(), json!({
                 "get": op("Get an experiment", vec![id_param("Experiment")], None, vec![("200", ok("The experiment", schema_ref("Experiment"))), ("404", error("Unknown id"))]),
                 "patch": op("Update name, description or tags", vec![id_param("Experiment")], Some(json_body(schema_ref("ExperimentPatch"))), vec![
-                    ("200", ok("Updated", schema_ref("Experiment"))), ("404", error("Unknown id")), ("422", error("Invalid field"))]),
+                    ("200", ok("Updated", schema_ref("Experiment"))), ("404", error("Unknown id"))]),
                 "delete": op("Delete an experiment with its runs, their rows and files", vec![id_param("Experiment")], None, vec![
                     ("204", json!({"description": "Deleted"})), ("404", error("Unknown id")), ("409", error("It has queued or running runs"))]),
             }));
@@ -126,11 +187,11 @@ pub fn spec() -> Value {
     );
     paths.insert("/api/v1/runs".into(), json!({
                 "get": op("List runs with filters and sorting", run_filters, None, vec![
-                    ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), ("400", error("Bad filter"))]),
+                    ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")})))]),
                 "post": op("Create (queue) a run; the server fills in out_dir, dataset dir, teacher/model and resume", vec![],
                     Some(json_body(schema_ref("CreateRun"))), vec![
-                    ("201", ok("Queued", schema_ref("Run"))), ("400", error("Malformed JSON")),
-                    ("415", error("Not JSON")), ("422", error("Invalid field: `field` names it, e.g. config.method.sigma"))]),
+                    ("201", ok("Queued", schema_ref("Run"))),
+                    ("422", error("Invalid field: `field` names it, e.g. config.method.sigma"))]),
             }));
     paths.insert("/api/v1/runs/{id}".into(), json!({
                 "get": op("Get a run with its latest metric values", vec![id_param("Run")], None, vec![("200", ok("The run", schema_ref("Run"))), ("404", error("Unknown id"))]),
@@ -142,25 +203,25 @@ pub fn spec() -> Value {
                     ("404", error("Unknown id")), ("409", error("Not queued or running"))]),
             }));
     paths.insert("/api/v1/runs/{id}/resume".into(), json!({
-                "post": op("Resume a stopped or crashed train/transfer run from its checkpoint (same id, metrics kept)",
+                "post": op("Resume a stopped or crashed run (train/transfer from its checkpoint; certify/predict where it stopped); same id, metrics kept",
                     vec![id_param("Run")], None, vec![
                     ("202", ok("Queued again", schema_ref("Run"))), ("404", error("Unknown id")), ("409", error("Not resumable"))]),
             }));
     paths.insert("/api/v1/runs/{id}/metrics".into(), json!({
                 "get": op("Metric history, optionally downsampled (each bucket keeps min, max and last)", vec![
                     id_param("Run"),
-                    query("keys", "Comma-separated metric keys (default: all)", json!({"type": "string"})),
-                    query("points", "At most this many points per key (>= 3; default: all)", json!({"type": "integer"})),
-                ], None, vec![("200", ok("History", schema_ref("MetricHistory"))), ("400", error("Unknown key or bad points")), ("404", error("Unknown id"))]),
+                    query("keys", "Comma-separated metric keys (default: all); 400 for a key the run does not have", json!({"type": "string"})),
+                    query("points", "At most this many points per key (>= 3; default: all)", json!({"type": "integer", "format": "int64", "minimum": 3})),
+                ], None, vec![("200", ok("History", schema_ref("MetricHistory"))), ("404", error("Unknown id"))]),
             }));
     paths.insert("/api/v1/runs/{id}/logs".into(), json!({
                 "get": op("Log lines (stdout, stderr, trainer log events, server notes), paged by id", vec![
                     id_param("Run"),
-                    query("after", "Lines with id greater than this", json!({"type": "integer"})),
-                    query("before", "Lines with id less than this", json!({"type": "integer"})),
+                    query("after", "Lines with id greater than this", int64()),
+                    query("before", "Lines with id less than this", int64()),
                     query("stream", "stdout, stderr, trainer or server", enum_of(&["stdout", "stderr", "trainer", "server"])),
                     query("tail", "The newest lines instead of the oldest", json!({"type": "boolean"})),
-                    query("limit", "1..10000, default 500", json!({"type": "integer"})),
+                    query("limit", "1..10000, default 500", int_range(1, 10_000)),
                 ], None, vec![("200", ok("A page of lines", schema_ref("LogPage"))), ("404", error("Unknown id"))]),
             }));
     paths.insert("/api/v1/runs/{id}/artifacts".into(), json!({
@@ -168,27 +229,57 @@ pub fn spec() -> Value {
                     ("200", ok("Artifacts", json!({"type": "array", "items": schema_ref("Artifact")}))), ("404", error("Unknown id"))]),
             }));
     paths.insert("/api/v1/runs/{id}/artifacts/{path}".into(), json!({
-                "get": op("Download an artifact (streamed, with Content-Type and Content-Length)", vec![
+                "get": op("Download an artifact (streamed, with Content-Type by the file's extension, Content-Length and Content-Disposition: attachment)", vec![
                     id_param("Run"),
-                    json!({"name": "path", "in": "path", "required": true, "description": "Artifact path as listed (may contain '/')", "schema": {"type": "string"}}),
+                    json!({"name": "path", "in": "path", "required": true, "description": "Artifact path as listed (may contain '/'); only listed paths are served",
+                        "schema": {"type": "string"}, "example": "run-config.json"}),
                 ], None, vec![
-                    ("200", json!({"description": "The file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})),
-                    ("404", error("Unknown run or artifact"))]),
+                    ("200", json!({"description": "The file; its Content-Type follows its extension (application/octet-stream when unknown)",
+                        "headers": { "Content-Length": { "required": true, "schema": { "type": "integer" } },
+                                     "Content-Disposition": { "schema": { "type": "string" } } },
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})),
+                    ("404", error("Unknown run, or an artifact the run does not have (or no longer has on disk)"))]),
             }));
     paths.insert("/api/v1/runs/{id}/certificates".into(), json!({
                 "get": op("Per-image certification results, by image index", vec![
                     id_param("Run"),
-                    query("after", "Images with index greater than this", json!({"type": "integer"})),
-                    query("limit", "1..100000, default 10000", json!({"type": "integer"})),
+                    query("after", "Images with index greater than this (default -1: all)", int64()),
+                    query("limit", "1..100000, default 10000", int_range(1, 100_000)),
                 ], None, vec![("200", ok("Results", json!({"type": "array", "items": schema_ref("Certificate")}))), ("404", error("Unknown id"))]),
             }));
     paths.insert("/api/v1/runs/{id}/certificates/summary".into(), json!({
                 "get": op("Certified accuracy by radius and average certified radius (ACR)", vec![
                     id_param("Run"),
-                    query("radii", "Comma-separated radii (default 0, 0.25, … up to the largest radius, at least 1)", json!({"type": "string"})),
-                ], None, vec![("200", ok("Summary", schema_ref("CertSummary"))), ("400", error("Bad radii")), ("404", error("Unknown id"))]),
+                    query("radii", "Comma-separated radii >= 0 (default 0, 0.25, … up to the largest radius, at least 1)", json!({"type": "string"})),
+                ], None, vec![("200", ok("Summary", schema_ref("CertSummary"))), ("404", error("Unknown id"))]),
             }));
     paths.insert("/api/v1/runs/{id}/events".into(), json!({ "get": sse("Live events of one run (SSE)", "Run") }));
+    paths.insert("/api/v1/studies".into(), json!({
+                "post": op("Create a CRT study: an experiment with a teacher, a CRT student and a baseline per student architecture, and a certification of each model",
+                    vec![], Some(json_body(schema_ref("NewStudy"))), vec![("201", ok("Created", schema_ref("StudyCreated")))]),
+            }));
+    paths.insert("/api/v1/studies/{id}".into(), json!({
+                "get": op("A study's comparison table (certified accuracy, ACR, wall time, speedup)", vec![id_param("Study (its experiment)")], None, vec![
+                    ("200", ok("The table", schema_ref("StudyTable"))), ("404", error("No such experiment, or it is not a CRT study"))]),
+            }));
+    paths.insert("/api/v1/studies/{id}/table.csv".into(), json!({
+                "get": op("A study's comparison table as CSV", vec![id_param("Study (its experiment)")], None, vec![
+                    ("200", json!({"description": "CSV, one row per model",
+                        "headers": { "Content-Disposition": { "schema": { "type": "string" } } },
+                        "content": {"text/csv": {"schema": {"type": "string"}}}})),
+                    ("404", error("No such experiment, or it is not a CRT study"))]),
+            }));
+    paths.insert("/api/v1/tokens".into(), json!({
+                "get": op("List API tokens, revoked ones included (admin scope); secrets are never shown again", vec![], None, vec![
+                    ("200", ok("Tokens", json!({"type": "array", "items": schema_ref("Token")})))]),
+                "post": op("Create an API token (admin scope); the response holds its secret, shown only this once", vec![],
+                    Some(json_body(schema_ref("NewToken"))), vec![("201", ok("Created", schema_ref("CreatedToken")))]),
+            }));
+    paths.insert("/api/v1/tokens/{id}".into(), json!({
+                "delete": op("Revoke a token (admin scope): it and its browser sessions stop working at once", vec![id_param("Token")], None, vec![
+                    ("204", json!({"description": "Revoked"})), ("404", error("Unknown id"))]),
+            }));
+    complete(&mut paths);
 
     json!({
         "openapi": "3.1.0",
@@ -196,14 +287,26 @@ pub fn spec() -> Value {
             "title": "CRT Lab API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Experiments and runs of randomized-smoothing training, Certified Robustness Transfer and certification. \
-                Times are Unix seconds. Errors are JSON {\"error\", \"field\"?}. See docs/api.md."
+                Times are Unix seconds. Errors are JSON {\"error\", \"field\"?}. Requests carry `Authorization: Bearer <token>` \
+                (or the dashboard's session cookie) unless the server runs on loopback without --require-auth; \
+                scopes: read (GET), write (changes), admin (tokens). See docs/api.md."
         },
         "paths": Value::Object(paths),
-        "components": { "schemas": schemas(&statuses, &kinds) }
+        "security": [{ "bearer": [] }, { "session": [] }],
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer",
+                    "description": "An API token: `crt-server token create --scope read|write|admin`, or POST /api/v1/tokens" },
+                "session": { "type": "apiKey", "in": "cookie", "name": "crt_session",
+                    "description": "The dashboard's session (HttpOnly, SameSite=Strict), set by logging in at /login with a token; \
+                        changes made with it must come from the server's own pages (Origin/Referer)" }
+            },
+            "schemas": schemas(&statuses, &kinds, &archs, &datasets)
+        }
     })
 }
 
-fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
+fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str]) -> Value {
     let num = json!({"type": "number"});
     let int = json!({"type": "integer"});
     let str_ = json!({"type": "string"});
@@ -211,18 +314,29 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
     let mut s = Map::new();
     s.insert("Error".into(), json!({ "type": "object", "required": ["error"], "properties": {
             "error": { "type": "string", "description": "What is wrong and what is allowed" },
-            "field": { "type": "string", "description": "The request field to blame, e.g. config.method.sigma, parents[0]" } } }));
+            "field": { "type": "string", "description": "The request field to blame, e.g. config.method.sigma, parents[0]" },
+            "error_id": { "type": "string", "description": "500 only: the id under which the server logged the error" } } }));
+    s.insert(
+        "Health".into(),
+        json!({ "type": "object", "required": ["status", "database"], "properties": {
+            "status": { "type": "string", "enum": ["ok"] }, "database": { "type": "string", "enum": ["sqlite", "postgres"] } } }),
+    );
     s.insert(
         "NewExperiment".into(),
         json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } }),
+            "name": { "type": "string", "minLength": 1, "maxLength": 200, "description": "1 to 200 characters after trimming" },
+            "description": str_,
+            "tags": { "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 64 } } } }),
     );
     s.insert(
         "ExperimentPatch".into(),
         json!({ "type": "object", "additionalProperties": false, "properties": {
-            "name": str_, "description": str_, "tags": { "type": "array", "items": str_ } } }),
+            "name": { "type": "string", "minLength": 1, "maxLength": 200 },
+            "description": str_,
+            "tags": { "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 64 } } } }),
     );
-    s.insert("Experiment".into(), json!({ "type": "object", "properties": {
+    s.insert("Experiment".into(), json!({ "type": "object",
+            "required": ["id", "name", "description", "tags", "created_at", "updated_at", "run_counts"], "properties": {
             "id": int, "name": str_, "description": str_, "tags": { "type": "array", "items": str_ },
             "created_at": num, "updated_at": num,
             "run_counts": { "type": "object", "additionalProperties": int, "description": "Runs by status" },
@@ -235,22 +349,25 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "device": { "type": ["string", "null"], "pattern": "^(auto|cpu|gpu|cuda:[0-9]+)$",
                 "description": "auto (default: a GPU if the server has any, waiting for a free one; else the CPU), cpu, gpu (the first free GPU) or cuda:N (nvidia-smi's index N). One run per GPU at a time. 422 with field `device` when no such GPU is detected. On Slurm: gpu/cuda:N ask for --gres=gpu:1" },
             "backend": { "type": ["string", "null"], "enum": ["local", "slurm", null], "description": "Where the run executes (default: the server's --backend)" },
-            "slurm": { "type": ["object", "null"], "additionalProperties": false, "description": "Slurm resources (backend slurm only); gaps filled from the server's --slurm-* defaults",
-                "properties": {
-                    "partition": opt("string"),
-                    "cpus": { "type": ["integer", "null"], "minimum": 1, "maximum": 256 },
-                    "mem_mb": { "type": ["integer", "null"], "minimum": 1, "maximum": 4194304 },
-                    "time_limit_min": { "type": ["integer", "null"], "minimum": 1, "maximum": 525600 },
-                    "gpus": { "type": ["integer", "null"], "minimum": 0, "maximum": 16 },
-                    "extra_args": { "type": "array", "maxItems": 16, "items": { "type": "string", "maxLength": 200, "pattern": "^--" } } } } } }));
+            "slurm": schema_ref("SlurmResources") } }));
+    s.insert("SlurmResources".into(), json!({ "type": ["object", "null"], "additionalProperties": false,
+            "description": "Slurm resources (backend slurm only); gaps filled from the server's --slurm-* defaults",
+            "properties": {
+                "partition": opt("string"),
+                "cpus": { "type": ["integer", "null"], "minimum": 1, "maximum": 256 },
+                "mem_mb": { "type": ["integer", "null"], "minimum": 1, "maximum": 4194304 },
+                "time_limit_min": { "type": ["integer", "null"], "minimum": 1, "maximum": 525600 },
+                "gpus": { "type": ["integer", "null"], "minimum": 0, "maximum": 16 },
+                "extra_args": { "type": "array", "maxItems": 16, "items": { "type": "string", "maxLength": 200, "pattern": "^--" } } } }));
     s.insert("RunConfig".into(), json!({ "type": "object", "required": ["kind"], "description":
-            "The trainer's RunConfig (crt_trainer::config), tagged by kind. The server sets out_dir, data.data_dir / data_dir, \
-             teacher (transfer), model (certify/predict with a parent) and resume.",
+            "The trainer's RunConfig (crt_trainer::config), tagged by kind; unknown fields are refused (422). The server sets out_dir, \
+             data.data_dir / data_dir, teacher (transfer), model (certify/predict with a parent) and resume.",
             "properties": { "kind": { "type": "string", "enum": kinds } } }));
     s.insert("Run".into(), json!({ "type": "object", "properties": {
             "id": int, "experiment_id": int, "name": str_, "kind": { "type": "string", "enum": kinds },
             "status": { "type": "string", "enum": statuses },
-            "config": schema_ref("RunConfig"), "resolved_config": { "description": "As the trainer resolved it (all defaults)" },
+            "config": schema_ref("RunConfig"),
+            "resolved_config": { "type": ["object", "null"], "description": "As the trainer resolved it (all defaults); null until it starts" },
             "arch": opt("string"), "method": opt("string"), "dataset": opt("string"), "sigma": opt("number"),
             "parents": { "type": "array", "items": int }, "out_dir": str_,
             "created_at": num, "queued_at": num, "started_at": opt("number"), "finished_at": opt("number"),
@@ -258,27 +375,30 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "attempt": { "type": "integer", "description": "Trainer processes started so far" },
             "pid": { "type": ["integer", "null"], "description": "Local backend: the attempt's supervisor (its process group holds the trainer)" },
             "pgid": opt("integer"), "exit_code": opt("integer"), "exit_signal": opt("integer"),
-            "error": opt("string"), "summary": { "description": "Final metrics of a finished run" },
-            "device_request": { "type": "string", "description": "What the run asked for: auto, cpu, gpu or cuda:N" },
-            "device": { "type": ["string", "null"], "description": "Where its latest attempt ran: cpu or cuda:N (the trainer's --device); null until it starts" },
-            "progress": { "type": ["object", "null"], "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
+            "error": opt("string"), "summary": { "type": ["object", "null"], "description": "Final metrics of a finished run" },
+            "device_request": { "type": "string", "pattern": "^(auto|cpu|gpu|cuda:[0-9]+)$", "description": "What the run asked for: auto, cpu, gpu or cuda:N" },
+            "device": { "type": ["string", "null"], "pattern": "^(cpu|cuda:[0-9]+)$", "description": "Where its latest attempt ran: cpu or cuda:N (the trainer's --device); null until it starts" },
+            "progress": { "type": ["object", "null"], "required": ["phase", "done", "total", "unit"],
+                "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
             "makes_model": { "type": "boolean", "description": "A train or transfer run: it has a checkpoint and can be a transfer's teacher or be certified" },
             "resumable": { "type": "boolean", "description": "Stopped or crashed: POST …/resume continues it" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
     // The launch fields apart: one json! this size passes serde_json's macro recursion limit.
-    if let Some(Value::Object(props)) = s.get_mut("Run").and_then(|r| r.get_mut("properties")) {
-        props.insert("backend".into(), json!({ "type": "string", "enum": ["local", "slurm"] }));
-        props.insert(
-            "resources".into(),
-            json!({ "description": "The Slurm resources the run asked for (null: the server's defaults)" }),
-        );
-        props.insert("handle".into(), json!({ "type": ["object", "null"], "description": "The current attempt: {backend: local, pid, attempt_dir} or {backend: slurm, job_id, attempt_dir}" }));
-        props.insert("backend_state".into(), json!({ "type": ["object", "null"], "description": "What the backend last said: {state: PENDING, reason} or {state: RUNNING, job_id?, node?, pid?}" }));
-        props.insert("stop_requested_at".into(), opt("number"));
+    if let Some(run) = s.get_mut("Run").and_then(Value::as_object_mut) {
+        if let Some(Value::Object(props)) = run.get_mut("properties") {
+            props.insert("backend".into(), json!({ "type": "string", "enum": ["local", "slurm"] }));
+            props.insert("resources".into(), json!({ "anyOf": [{ "type": "null" }, schema_ref("SlurmResources")],
+                "description": "The Slurm resources the run asked for (null: the server's defaults)" }));
+            props.insert("handle".into(), json!({ "type": ["object", "null"], "required": ["backend"], "description": "The current attempt: {backend: local, pid, attempt_dir} or {backend: slurm, job_id, attempt_dir}" }));
+            props.insert("backend_state".into(), json!({ "type": ["object", "null"], "description": "What the backend last said: {state: PENDING, reason} or {state: RUNNING, job_id?, node?, pid?}" }));
+            props.insert("stop_requested_at".into(), opt("number"));
+        }
+        let required: Vec<Value> = run["properties"].as_object().expect("Run properties").keys().map(|k| json!(k)).collect();
+        run.insert("required".into(), Value::Array(required));
     }
-    s.insert("Devices".into(), json!({ "type": "object", "properties": {
-            "cpu": { "type": "object", "properties": {
+    s.insert("Devices".into(), json!({ "type": "object", "required": ["cpu", "gpus", "gpu_error", "slurm"], "properties": {
+            "cpu": { "type": "object", "required": ["cores", "max_concurrent_runs", "running"], "properties": {
                 "cores": int, "max_concurrent_runs": { "type": "integer", "description": "CPU runs at once (--max-concurrent-runs)" },
                 "running": { "type": "integer", "description": "Runs on the CPU now" } } },
             "gpus": { "type": "array", "description": "Empty when nvidia-smi is absent or finds none", "items": { "type": "object", "properties": {
@@ -290,54 +410,57 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
             "slurm": { "type": ["object", "null"], "description": "With --backend slurm: {partition, nodes: [{name, state, cpus, gres, partition}], error} from sinfo, refreshed every 10 s" } } }));
     s.insert(
         "MetricPoint".into(),
-        json!({ "type": "object", "properties": { "step": int, "epoch": opt("number"), "ts": num,
-            "value": { "type": ["number", "string"], "description": "A number, or \"NaN\", \"Infinity\", \"-Infinity\"" } } }),
+        json!({ "type": "object", "required": ["step", "epoch", "ts", "value"], "properties": { "step": int, "epoch": opt("number"), "ts": num,
+            "value": { "oneOf": [{ "type": "number" }, { "type": "string", "enum": ["NaN", "Infinity", "-Infinity"] }],
+                "description": "A number, or \"NaN\", \"Infinity\", \"-Infinity\"" } } }),
     );
     s.insert(
         "MetricHistory".into(),
-        json!({ "type": "object", "properties": {
+        json!({ "type": "object", "required": ["run_id", "metrics"], "properties": {
             "run_id": int,
-            "metrics": { "type": "object", "additionalProperties": { "type": "object", "properties": {
+            "metrics": { "type": "object", "additionalProperties": { "type": "object", "required": ["total", "downsampled", "points"], "properties": {
                 "total": int, "downsampled": { "type": "boolean" },
                 "points": { "type": "array", "items": schema_ref("MetricPoint") } } } } } }),
     );
     s.insert(
         "LogLine".into(),
-        json!({ "type": "object", "properties": {
+        json!({ "type": "object", "required": ["id", "ts", "stream", "level", "line"], "properties": {
             "id": int, "ts": num, "stream": { "type": "string", "enum": ["stdout", "stderr", "trainer", "server"] },
             "level": opt("string"), "line": str_ } }),
     );
     s.insert(
         "LogPage".into(),
-        json!({ "type": "object", "properties": {
+        json!({ "type": "object", "required": ["lines", "next_after"], "properties": {
             "lines": { "type": "array", "items": schema_ref("LogLine") },
             "next_after": { "type": "integer", "description": "Pass as `after` for the next page" } } }),
     );
-    s.insert("Artifact".into(), json!({ "type": "object", "properties": {
+    s.insert("Artifact".into(), json!({ "type": "object", "required": ["path", "kind", "size", "sha256", "ts"], "properties": {
             "path": str_, "kind": { "type": "string", "enum": ["model", "metadata", "checkpoint", "certificates", "summary", "other"] },
             "size": int, "sha256": str_, "ts": num } }));
     s.insert(
         "Certificate".into(),
-        json!({ "type": "object", "properties": {
+        json!({ "type": "object", "required": ["idx", "label", "predict", "correct", "time"], "properties": {
             "idx": int, "label": int, "predict": { "type": "integer", "description": "-1: abstained" },
-            "radius": opt("number"), "correct": { "type": "boolean" }, "count_a": opt("integer"),
-            "p_lower": opt("number"), "time": num,
+            "radius": num, "correct": { "type": "boolean" }, "count_a": int,
+            "p_lower": num, "time": num,
             "samples": { "type": "integer", "description": "sequential modes: estimation samples drawn" },
             "decision": { "type": "string", "description": "sequential modes: certified, not_certified, converged, abstain or cap" },
             "p_upper": { "type": "number", "description": "sequential modes: upper bound on p_A" } } }),
     );
     s.insert(
         "CertSummary".into(),
-        json!({ "type": "object", "properties": {
+        json!({ "type": "object", "required": ["n", "accuracy", "abstain_rate", "acr", "mean_time_s", "radii", "p_lower_histogram"], "properties": {
             "n": int, "accuracy": num, "abstain_rate": num, "acr": num, "mean_time_s": num,
-            "radii": { "type": "array", "items": { "type": "object", "properties": {
+            "radii": { "type": "array", "items": { "type": "object", "required": ["radius", "certified_accuracy", "count"], "properties": {
                 "radius": num, "certified_accuracy": num, "count": int } } },
             "samples": { "type": "object", "description": "sequential modes only: estimation samples per image",
                 "properties": { "mean": num, "min": int, "median": int, "p90": int, "max": int,
                     "decisions": { "type": "object", "additionalProperties": int } } },
-            "p_lower_histogram": { "type": "array", "items": int,
+            "p_lower_histogram": { "type": "array", "items": int, "minItems": 20, "maxItems": 20,
                 "description": "images by lower bound on p_A, 20 equal bins over [0, 1]" } } }),
     );
+    study_schemas(&mut s, archs, datasets);
+    token_schemas(&mut s);
     s.insert("RunEvent".into(), json!({ "type": "object", "required": ["seq", "run_id", "experiment_id", "ts", "type"], "properties": {
             "seq": int, "run_id": int, "experiment_id": int, "ts": num,
             "type": { "type": "string", "enum": ["status", "launched", "backend", "started", "metrics", "progress", "log", "artifact", "certificate"] } },
@@ -347,4 +470,76 @@ fn schemas(statuses: &[&str], kinds: &[&str]) -> Value {
                 progress: {phase, done, total, unit}; log: {id, stream, level, line}; artifact: Artifact; certificate: Certificate; \
                 started: {version, device, threads, resumed_from_step}" }));
     Value::Object(s)
+}
+
+fn study_schemas(s: &mut Map<String, Value>, archs: &[&str], datasets: &[&str]) {
+    let methods: Vec<&str> = Method::NAMES.to_vec();
+    let int = json!({"type": "integer"});
+    let opt = |t: &str| json!({"type": [t, "null"]});
+    s.insert("NewStudy".into(), json!({ "type": "object", "required": ["name", "teacher", "students"], "additionalProperties": false, "properties": {
+            "name": { "type": "string", "minLength": 1 },
+            "dataset": { "type": "string", "enum": datasets, "description": "Default mnist" },
+            "teacher": { "type": "object", "required": ["arch", "method", "epochs"], "additionalProperties": false, "properties": {
+                "arch": { "type": "string", "enum": archs },
+                "method": { "type": "object", "required": ["name"], "description": "The trainer's method config, e.g. {\"name\": \"gaussian\", \"sigma\": 0.25} (a robust method with a sigma)",
+                    "properties": { "name": { "type": "string", "enum": methods } } },
+                "epochs": { "type": "integer", "minimum": 1 },
+                "batch_size": { "type": ["integer", "null"], "minimum": 1 },
+                "lr": { "type": ["number", "null"], "exclusiveMinimum": 0 } } },
+            "students": { "type": "array", "minItems": 1, "items": { "type": "string", "enum": archs } },
+            "transfer": { "type": "object", "additionalProperties": false, "properties": {
+                "logit_weight": { "type": "number", "description": "Default 1" },
+                "epochs": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the teacher's" } } },
+            "certify": { "type": "object", "description": "The trainer's SmoothingConfig: sigma, n0, n, alpha, batch, skip, max, seed, mode (docs/certification.md)" },
+            "train_subset": { "type": ["integer", "null"], "minimum": 1 },
+            "test_subset": { "type": ["integer", "null"], "minimum": 1 },
+            "seed": { "type": ["integer", "null"], "minimum": 0 } } }));
+    s.insert("StudyCreated".into(), json!({ "type": "object", "required": ["experiment_id", "runs"], "properties": {
+            "experiment_id": int,
+            "runs": { "type": "object", "additionalProperties": int, "description": "Run id by role: teacher, crt/<arch>, baseline/<arch>, certify/<role>" } } }));
+    s.insert("StudyTable".into(), json!({ "type": "object", "required": ["experiment_id", "name", "radii", "rows", "curves", "done"], "properties": {
+            "experiment_id": int, "name": { "type": "string" },
+            "radii": { "type": "array", "items": { "type": "number" }, "description": "The radii of each row's certified_acc" },
+            "rows": { "type": "array", "items": { "type": "object",
+                "required": ["role", "arch", "method", "sigma", "train_run", "train_status", "certify_run", "certify_status",
+                    "test_acc", "clean_acc", "certified_acc", "acr", "train_wall_time_s", "speedup"],
+                "properties": {
+                    "role": { "type": "string" }, "arch": opt("string"), "method": opt("string"), "sigma": opt("number"),
+                    "train_run": int, "train_status": { "type": "string" },
+                    "certify_run": opt("integer"), "certify_status": opt("string"),
+                    "test_acc": opt("number"), "clean_acc": opt("number"),
+                    "certified_acc": { "type": "array", "items": opt("number") },
+                    "acr": opt("number"), "train_wall_time_s": { "type": "number" },
+                    "speedup": { "type": ["number", "null"], "description": "Baseline training time / CRT training time (CRT rows, once both finished)" } } } },
+            "curves": { "type": "array", "items": { "type": "object", "required": ["role", "points"], "properties": {
+                "role": { "type": "string" },
+                "points": { "type": "array", "description": "(radius, certified accuracy) by increasing radius",
+                    "items": { "type": "array", "prefixItems": [{ "type": "number" }, { "type": "number" }], "minItems": 2, "maxItems": 2 } } } } },
+            "done": { "type": "boolean", "description": "Every run has ended" } } }));
+}
+
+fn token_schemas(s: &mut Map<String, Value>) {
+    let scope = json!({ "type": "string", "enum": ["read", "write", "admin"],
+        "description": "read: GET everything; write: also changes; admin: also tokens" });
+    let token_props = json!({
+        "id": { "type": "integer" }, "name": { "type": "string" }, "scope": scope,
+        "created_at": { "type": "number" },
+        "last_used_at": { "type": ["number", "null"], "description": "Updated at most once a minute" },
+        "revoked_at": { "type": ["number", "null"] } });
+    s.insert(
+        "NewToken".into(),
+        json!({ "type": "object", "required": ["name", "scope"], "additionalProperties": false, "properties": {
+            "name": { "type": "string", "minLength": 1, "maxLength": 100, "description": "1 to 100 characters after trimming" },
+            "scope": scope } }),
+    );
+    s.insert(
+        "Token".into(),
+        json!({ "type": "object", "required": ["id", "name", "scope", "created_at", "last_used_at", "revoked_at"], "properties": token_props }),
+    );
+    let mut created = token_props.as_object().cloned().unwrap_or_default();
+    created.insert("token".into(), json!({ "type": "string", "description": "The secret: send it as `Authorization: Bearer <token>`; shown only here" }));
+    s.insert(
+        "CreatedToken".into(),
+        json!({ "type": "object", "required": ["id", "name", "scope", "created_at", "token"], "properties": Value::Object(created) }),
+    );
 }

@@ -12,8 +12,6 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use crt_trainer::config::RunKind;
@@ -27,18 +25,9 @@ use crate::store::{artifacts, runs};
 use data::{RunBrief, STANDARD_RADII};
 use forms::LaunchForms;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(experiments_page))
-        .route("/experiments/{id}", get(experiment_page))
-        .route("/experiments/{id}/launch", get(launch_page))
-        .route("/runs/{id}", get(run_page))
-        .route("/compare", get(compare_page))
-}
-
 /// Why a page cannot be shown; rendered as an HTML error page.
 #[derive(Debug)]
-enum PageError {
+pub(super) enum PageError {
     NotFound(String),
     BadRequest(String),
     Internal(anyhow::Error),
@@ -64,8 +53,13 @@ impl IntoResponse for PageError {
             PageError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             PageError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
             PageError::Internal(e) => {
-                tracing::error!("rendering a page failed: {e:#}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "Server error", format!("{e:#}"))
+                let id = super::errors::error_id();
+                tracing::error!(error_id = %id, "rendering a page failed: {e:#}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Server error",
+                    format!("Something went wrong; the server log has the details (error id {id})."),
+                )
             }
         };
         let page = ErrorPage { status: status.as_u16(), heading, message };
@@ -115,7 +109,7 @@ impl ExperimentsPage {
     }
 }
 
-async fn experiments_page(State(app): State<AppState>) -> Result<Response, PageError> {
+pub(super) async fn experiments_page(State(app): State<AppState>) -> Result<Response, PageError> {
     let experiments = experiments::list(&app.store.pool).await?;
     let devices = super::devices::view(&app);
     let data = script_json(&serde_json::json!({ "experiments": experiments, "devices": devices }))?;
@@ -132,7 +126,10 @@ struct ExperimentPage {
     data: String,
 }
 
-async fn experiment_page(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Response, PageError> {
+pub(super) async fn experiment_page(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, PageError> {
     let id = parse_id(&raw, "experiment")?;
     let experiment = find_experiment(&app, id).await?;
     // Read the stream position first: anything after it reaches the page over SSE.
@@ -161,13 +158,13 @@ struct LaunchPage {
 }
 
 #[derive(Debug, Deserialize)]
-struct LaunchQuery {
+pub(super) struct LaunchQuery {
     kind: Option<String>,
     /// Preselected teacher (transfer) or model (certify).
     parent: Option<i64>,
 }
 
-async fn launch_page(
+pub(super) async fn launch_page(
     State(app): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<LaunchQuery>,
@@ -203,7 +200,7 @@ struct RunPage {
     data: String,
 }
 
-async fn run_page(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Response, PageError> {
+pub(super) async fn run_page(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Response, PageError> {
     let id = parse_id(&raw, "run")?;
     let view =
         data::run_view(&app, id).await?.ok_or_else(|| PageError::NotFound(format!("run {id} does not exist")))?;
@@ -235,11 +232,14 @@ struct ComparePage {
 }
 
 #[derive(Debug, Deserialize)]
-struct CompareQuery {
+pub(super) struct CompareQuery {
     runs: Option<String>,
 }
 
-async fn compare_page(State(app): State<AppState>, Query(q): Query<CompareQuery>) -> Result<Response, PageError> {
+pub(super) async fn compare_page(
+    State(app): State<AppState>,
+    Query(q): Query<CompareQuery>,
+) -> Result<Response, PageError> {
     let ids = parse_run_list(q.runs.as_deref().unwrap_or(""))?;
     let entries = data::compare_entries(&app, &ids).await?;
     let streams = data::experiment_streams(&app, &entries).await?;

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::AnyPool;
@@ -23,15 +22,6 @@ use crate::runs::{CreateRunRequest, RunStatus};
 use crate::store::journal::{self, Scope};
 use crate::store::metrics::{self, MetricPoint};
 use crate::store::runs::{self, Progress, Run, RunFilter, SortKey};
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/experiments/{id}/runs", get(list_experiment_runs))
-        .route("/runs", get(list_runs).post(create_run))
-        .route("/runs/{id}", get(get_run))
-        .route("/runs/{id}/stop", post(stop_run))
-        .route("/runs/{id}/resume", post(resume_run))
-}
 
 /// A run as the API (and the pages' embedded data) shows it: its record without the server's
 /// bookkeeping (read positions, terminal event), with its latest metric values and what a client
@@ -269,11 +259,14 @@ async fn list_filtered(app: &AppState, filter: RunFilter) -> Result<Json<Vec<Run
     Ok(Json(views))
 }
 
-async fn list_runs(State(app): State<AppState>, Q(q): Q<RunListQuery>) -> Result<Json<Vec<RunView>>, ApiError> {
+pub(super) async fn list_runs(
+    State(app): State<AppState>,
+    Q(q): Q<RunListQuery>,
+) -> Result<Json<Vec<RunView>>, ApiError> {
     list_filtered(&app, q.into_filter()?).await
 }
 
-async fn list_experiment_runs(
+pub(super) async fn list_experiment_runs(
     State(app): State<AppState>,
     P(id): P<i64>,
     Q(q): Q<RunListQuery>,
@@ -284,7 +277,7 @@ async fn list_experiment_runs(
     list_filtered(&app, filter).await
 }
 
-async fn create_run(
+pub(super) async fn create_run(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CreateRunRequest>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
@@ -292,17 +285,23 @@ async fn create_run(
     Ok((StatusCode::CREATED, Json(run_view(&app, run).await?)))
 }
 
-async fn get_run(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<RunView>, ApiError> {
+pub(super) async fn get_run(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<RunView>, ApiError> {
     let run = find_run(&app, id).await?;
     Ok(Json(run_view(&app, run).await?))
 }
 
-async fn stop_run(State(app): State<AppState>, P(id): P<i64>) -> Result<(StatusCode, Json<RunView>), ApiError> {
+pub(super) async fn stop_run(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let run = app.manager.stop(id).await?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&app, run).await?)))
 }
 
-async fn resume_run(State(app): State<AppState>, P(id): P<i64>) -> Result<(StatusCode, Json<RunView>), ApiError> {
+pub(super) async fn resume_run(
+    State(app): State<AppState>,
+    P(id): P<i64>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let run = app.manager.resume(id).await?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&app, run).await?)))
 }

@@ -10,8 +10,6 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
@@ -26,10 +24,6 @@ use crate::store::{experiments, runs, Store};
 /// Stored events are replayed in pages of this many.
 const PAGE: i64 = 1000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/experiments/{id}/events", get(experiment_events)).route("/runs/{id}/events", get(run_events))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
@@ -37,7 +31,7 @@ pub struct StreamQuery {
     after: Option<i64>,
 }
 
-async fn run_events(
+pub(super) async fn run_events(
     State(app): State<AppState>,
     P(id): P<i64>,
     headers: HeaderMap,
@@ -49,7 +43,7 @@ async fn run_events(
     Ok(stream(&app, Scope::Run(id), start_after(&headers, q.after)?))
 }
 
-async fn experiment_events(
+pub(super) async fn experiment_events(
     State(app): State<AppState>,
     P(id): P<i64>,
     headers: HeaderMap,

@@ -5,23 +5,17 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 
 use super::errors::JsonBody;
+use super::extract::P;
 use super::{ApiError, AppState};
 use crate::study::{self, StudyRequest, StudyTable};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/studies", post(create))
-        .route("/api/v1/studies/{id}", get(table))
-        .route("/api/v1/studies/{id}/table.csv", get(csv))
-        .route("/studies/new", get(new_page))
-        .route("/studies/{id}", get(study_page))
-}
-
-async fn create(State(app): State<AppState>, JsonBody(req): JsonBody<StudyRequest>) -> Result<Response, ApiError> {
+pub(super) async fn create(
+    State(app): State<AppState>,
+    JsonBody(req): JsonBody<StudyRequest>,
+) -> Result<Response, ApiError> {
     let created = study::create(&app.manager, &req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -32,11 +26,11 @@ async fn load(app: &AppState, id: i64) -> Result<StudyTable, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("experiment {id} does not exist or is not a CRT study")))
 }
 
-async fn table(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Json<StudyTable>, ApiError> {
+pub(super) async fn table(State(app): State<AppState>, P(id): P<i64>) -> Result<Json<StudyTable>, ApiError> {
     Ok(Json(load(&app, id).await?))
 }
 
-async fn csv(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+pub(super) async fn csv(State(app): State<AppState>, P(id): P<i64>) -> Result<Response, ApiError> {
     let table = load(&app, id).await?;
     let disposition = format!("attachment; filename=\"study-{id}.csv\"");
     Ok((
@@ -60,11 +54,11 @@ fn render(page: &StudyPage) -> Result<Response, ApiError> {
     Ok(Html(html).into_response())
 }
 
-async fn new_page() -> Result<Response, ApiError> {
+pub(super) async fn new_page() -> Result<Response, ApiError> {
     render(&StudyPage { table: None, data: "null".into() })
 }
 
-async fn study_page(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+pub(super) async fn study_page(State(app): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let table = load(&app, id).await?;
     // "</" would end the script element early.
     let data = serde_json::to_string(&table).map_err(anyhow::Error::from)?.replace("</", "<\\/");

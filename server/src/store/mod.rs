@@ -12,6 +12,7 @@ pub mod journal;
 pub mod logs;
 pub mod metrics;
 pub mod runs;
+pub mod tokens;
 
 use std::sync::Arc;
 

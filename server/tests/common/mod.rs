@@ -115,17 +115,42 @@ impl TestEnv {
         self.server_with(&[])
     }
 
+    /// `--data-dir` and, with Postgres, `--database-url`: what `crt-server token …` needs to
+    /// reach this environment's database.
+    pub fn database_args(&self) -> Vec<String> {
+        let mut args = vec!["--data-dir".to_string(), self.data_dir().display().to_string()];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".into(), url.clone()]);
+        }
+        args
+    }
+
+    /// A new API token made with `crt-server token create` (the real CLI) in this database.
+    pub fn token(&self, scope: &str) -> String {
+        let out = Command::new(SERVER)
+            .args(["token", "create", "--scope", scope, "--name", &format!("test-{scope}")])
+            .args(self.database_args())
+            .output()
+            .expect("running crt-server token create");
+        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("crt_"), "token create printed {token:?}");
+        token
+    }
+
     pub fn server_with(&self, extra: &[&str]) -> Server {
-        let mut args: Vec<String> = vec![
-            "--bind".into(),
-            "127.0.0.1:0".into(),
+        let mut args: Vec<String> = Vec::new();
+        if !extra.contains(&"--bind") {
+            args.extend(["--bind".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend([
             "--data-dir".into(),
             self.data_dir().display().to_string(),
             "--datasets-dir".into(),
             datasets_dir().display().to_string(),
             "--stop-grace-secs".into(),
             "20".into(),
-        ];
+        ]);
         if !extra.contains(&"--trainer-bin") {
             args.extend(["--trainer-bin".into(), trainer_bin().display().to_string()]);
         }
@@ -247,6 +272,14 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// From now on every request of `self.http` carries `Authorization: Bearer <token>`.
+    pub fn use_token(&mut self, token: &str) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        self.http =
+            reqwest::Client::builder().timeout(Duration::from_secs(60)).default_headers(headers).build().unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
