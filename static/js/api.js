@@ -21,6 +21,11 @@ export async function api(method, path, body) {
   } catch (e) {
     throw new ApiError(0, `Cannot reach the server (${e.message}).`);
   }
+  if (response.status === 401) {
+    // The session ended (expired, logged out elsewhere, token revoked): log in again, then return here.
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+    throw new ApiError(401, 'Your session has ended: log in again.');
+  }
   if (response.status === 204) return null;
   const text = await response.text();
   let data = null;
