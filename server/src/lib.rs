@@ -9,6 +9,7 @@ pub mod downsample;
 pub mod http;
 pub mod launch;
 pub mod logging;
+pub mod mlflow;
 pub mod record;
 pub mod runs;
 pub mod store;

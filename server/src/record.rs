@@ -12,7 +12,7 @@
 //!   the API gives them back as those strings.
 //! - Repeated steps: a trainer re-reporting a step (a resumed run repeating the steps after its
 //!   last checkpoint) replaces the stored point for (key, step). External clients (MLflow's
-//!   protocol keeps every value with its timestamp) will get an append path of their own.
+//!   protocol keeps every value with its timestamp) append: `Incoming::Logged` never replaces.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use serde_json::json;
 use crt_trainer::events::{Event, EventLine};
 
 use crate::store::artifacts::Artifact;
-use crate::store::metrics::{self, MetricPoint};
+use crate::store::metrics::{self, Logged, MetricPoint};
 use crate::store::runs::Progress;
 use crate::store::{self, Store, WriteTx};
 
@@ -32,7 +32,28 @@ pub enum Incoming {
     /// A trainer event.
     Event(EventLine),
     /// A line of output that is not an event (`stream`: "stdout" or "stderr").
-    Log { stream: &'static str, ts: f64, text: String },
+    Log {
+        stream: &'static str,
+        ts: f64,
+        text: String,
+    },
+    /// A metric value an external client logged: appended, never replacing (MLflow keeps every
+    /// value at a step).
+    Logged(Logged),
+    /// A run parameter (external clients; MLflow refuses to change one, checked before this).
+    Param {
+        key: String,
+        value: String,
+    },
+    Tag {
+        key: String,
+        value: String,
+    },
+    DeleteTag {
+        key: String,
+    },
+    /// A dataset input (MLflow's `log-inputs`), kept as sent.
+    Input(serde_json::Value),
 }
 
 impl Incoming {
@@ -97,6 +118,8 @@ impl Recorder {
         let mut progress = None;
         // The latest point per key is written once per batch, not once per line.
         let mut latest: HashMap<String, MetricPoint> = HashMap::new();
+        let mut logged: Vec<Logged> = Vec::new();
+        let mut external = false;
         for item in batch {
             match item {
                 Incoming::Event(EventLine { event: Event::Progress { phase, done, total, unit }, .. }) => {
@@ -110,7 +133,44 @@ impl Recorder {
                 }
                 Incoming::Event(ev) => self.store_event(&mut w, ev, &mut latest).await?,
                 Incoming::Log { stream, ts, text } => self.store_log(&mut w, *ts, stream, None, text).await?,
+                Incoming::Logged(point) => {
+                    let p = MetricPoint { step: point.step, epoch: None, ts: point.ts, value: point.value };
+                    let newest = latest.entry(point.key.clone()).or_insert(p);
+                    if (p.step, p.ts) >= (newest.step, newest.ts) {
+                        *newest = p;
+                    }
+                    logged.push(point.clone());
+                }
+                Incoming::Param { key, value } => {
+                    store::mlflow::upsert_param(w.conn(), self.run_id, key, value).await?;
+                    external = true;
+                }
+                Incoming::Tag { key, value } => {
+                    store::mlflow::upsert_tag(w.conn(), self.run_id, key, value).await?;
+                    external = true;
+                }
+                Incoming::DeleteTag { key } => {
+                    store::mlflow::delete_tag(w.conn(), self.run_id, key).await?;
+                    external = true;
+                }
+                Incoming::Input(input) => {
+                    store::mlflow::add_input(w.conn(), self.run_id, input).await?;
+                    external = true;
+                }
             }
+        }
+        if !logged.is_empty() {
+            metrics::append(w.conn(), self.run_id, &logged).await?;
+            // One live event for the whole batch, however many steps it spans.
+            let points: Vec<serde_json::Value> = logged
+                .iter()
+                .map(|p| json!({ "key": p.key, "step": p.step, "ts": p.ts, "value": metrics::value_json(p.value) }))
+                .collect();
+            w.journal(self.run_id, self.experiment_id, "metrics", json!({ "points": points })).await?;
+            external = true;
+        }
+        if external {
+            store::mlflow::touch(w.conn(), self.run_id, crt_trainer::events::unix_now()).await?;
         }
         for (key, point) in &latest {
             store::metrics::upsert_latest(w.conn(), self.run_id, key, point).await?;

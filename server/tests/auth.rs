@@ -97,7 +97,7 @@ async fn every_route_of_the_table_checks_its_scope() {
                 );
             }
         }
-        if route.method != Method::GET {
+        if route.method != Method::GET && !crt_server::http::routes::is_search(route) {
             assert!(needed >= Scope::Write, "{what} changes state with only {needed:?}");
         }
     }

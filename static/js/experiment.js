@@ -50,7 +50,39 @@ function values(view) {
     acr: summary && summary.n ? summary.acr : null,
     wall: wallTime(run),
     certId,
+    ...Object.fromEntries(Object.entries(run.params || {}).map(([k, val]) => [`param:${k}`, paramValue(val)])),
   };
+}
+
+/** A param as logged (text); numbers sort as numbers. */
+function paramValue(text) {
+  const n = Number(text);
+  return text !== '' && Number.isFinite(n) ? n : text;
+}
+
+/** Params of external (MLflow) runs become columns, at most this many. */
+const MAX_PARAM_COLUMNS = 12;
+let paramKeys = [];
+
+function currentParamKeys() {
+  const keys = new Set();
+  for (const v of views.values()) for (const k of Object.keys(v.run.params || {})) keys.add(k);
+  return [...keys].sort().slice(0, MAX_PARAM_COLUMNS);
+}
+
+/** Keeps one header cell per param key after the fixed columns. */
+function syncParamHeaders() {
+  const keys = currentParamKeys();
+  if (keys.join('\u0000') === paramKeys.join('\u0000')) return;
+  paramKeys = keys;
+  const headRow = table.querySelector('thead tr');
+  for (const th of headRow.querySelectorAll('th.param-col')) th.remove();
+  for (const key of keys) {
+    const button = el('button', { type: 'button', class: 'sort', title: `param ${key}` }, key);
+    const th = el('th', { scope: 'col', class: 'param-col', 'data-col': `param:${key}` }, button);
+    button.addEventListener('click', () => sortBy(th.dataset.col));
+    headRow.append(th);
+  }
 }
 
 const CERT_COLUMNS = ['r0.25', 'r0.5', 'r0.75', 'r1'];
@@ -96,6 +128,7 @@ function row(view) {
     CERT_COLUMNS.map((c) => certCell(v[c], v)),
     el('td', { class: 'num' }, num(v.acr)),
     el('td', { class: 'num wall', 'data-wall': id }, duration(v.wall)),
+    paramKeys.map((k) => el('td', { class: 'param-col' }, (view.run.params || {})[k] ?? DASH)),
   );
 }
 
@@ -117,6 +150,7 @@ function focusInTable() {
 
 const render = coalesce(() => {
   const focused = focusInTable();
+  syncParamHeaders();
   const shown = visibleViews();
   tbody.replaceChildren(...shown.map(row));
   document.getElementById('runs-empty').hidden = shown.length > 0;
@@ -180,7 +214,12 @@ subscribe(`/experiments/${experimentId}/events`, data.last_seq, {
   metrics: (e) => {
     const view = views.get(e.run_id);
     if (!view) return refreshRunSoon(e.run_id);
-    for (const [key, value] of Object.entries(e.values)) view.metrics[key] = { step: e.step, epoch: e.epoch, ts: e.ts, value };
+    for (const [key, value] of Object.entries(e.values || {})) view.metrics[key] = { step: e.step, epoch: e.epoch, ts: e.ts, value };
+    // An MLflow client's batch: points of any keys and steps; the latest per key wins.
+    for (const p of e.points || []) {
+      const old = view.metrics[p.key];
+      if (!old || p.step > old.step || (p.step === old.step && p.ts >= old.ts)) view.metrics[p.key] = { step: p.step, epoch: null, ts: p.ts, value: p.value };
+    }
     render();
   },
   certificate: (e) => refreshSummary(e.run_id),
@@ -196,12 +235,14 @@ setInterval(() => {
 
 // ---- controls ----
 
+function sortBy(col) {
+  const textual = ['name', 'kind', 'arch', 'method', 'status'].includes(col) || col.startsWith('param:');
+  sort = { col, descending: sort.col === col ? !sort.descending : !textual };
+  render();
+}
+
 for (const th of table.querySelectorAll('th[data-col]')) {
-  th.querySelector('button').addEventListener('click', () => {
-    const col = th.dataset.col;
-    sort = { col, descending: sort.col === col ? !sort.descending : !['name', 'kind', 'arch', 'method', 'status'].includes(col) };
-    render();
-  });
+  th.querySelector('button').addEventListener('click', () => sortBy(th.dataset.col));
 }
 
 for (const select of document.querySelectorAll('select[data-filter]')) {
@@ -227,10 +268,12 @@ compareButton.addEventListener('click', () => {
 
 document.getElementById('export-csv').addEventListener('click', () => {
   const header = ['id', 'name', 'status', 'kind', 'arch', 'method', 'sigma', 'epochs', 'clean_accuracy',
-    ...radii.filter((r) => r > 0).map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', 'certification_run', 'device'];
+    ...radii.filter((r) => r > 0).map((r) => `certified_accuracy_r${r}`), 'acr', 'wall_time_s', 'certification_run', 'device',
+    ...paramKeys.map((k) => `param_${k}`)];
   const rows = visibleViews().map((view) => {
     const v = values(view);
-    return [v.id, v.name, v.status, v.kind, v.arch, v.method, v.sigma, v.epochs, v.clean, v['r0.25'], v['r0.5'], v['r0.75'], v.r1, v.acr, v.wall.toFixed(1), v.certId, view.run.device ?? ''];
+    return [v.id, v.name, v.status, v.kind, v.arch, v.method, v.sigma, v.epochs, v.clean, v['r0.25'], v['r0.5'], v['r0.75'], v.r1, v.acr, v.wall.toFixed(1), v.certId, view.run.device ?? '',
+      ...paramKeys.map((k) => (view.run.params || {})[k] ?? '')];
   });
   const slug = data.experiment.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || `experiment-${experimentId}`;
   download(`${slug}-runs.csv`, toCsv(header, rows));

@@ -18,11 +18,13 @@ export class MetricStore {
     }
   }
 
-  /** A `metrics` SSE event: {step, epoch, values, ts}. */
+  /** A `metrics` SSE event: a trainer's {step, epoch, values, ts}, or an MLflow client's batch
+   *  {points: [{key, step, ts, value}]} (a later value at a step replaces the shown one). */
   addEvent(event) {
     for (const [key, value] of Object.entries(event.values || {})) {
       this.add(key, { step: event.step, epoch: event.epoch ?? null, ts: event.ts, value });
     }
+    for (const p of event.points || []) this.add(p.key, { step: p.step, epoch: null, ts: p.ts, value: p.value });
   }
 
   keys() {

@@ -60,13 +60,17 @@ function renderStatus() {
   const error = $('run-error');
   error.hidden = !run.error;
   error.textContent = run.error || '';
-  $('stop-run').hidden = !['queued', 'running'].includes(run.status);
+  // External runs are ended by their MLflow client, not from here.
+  $('stop-run').hidden = run.kind === 'external' || !['queued', 'running'].includes(run.status);
+  const lastWrite = document.getElementById('fact-last-write');
+  if (lastWrite && run.last_write_at) lastWrite.textContent = dateTime(run.last_write_at);
   $('resume-run').hidden = !view.resumable;
   renderProgress();
 }
 
 function renderConfig() {
-  $('config').textContent = JSON.stringify(view.run.resolved_config || view.run.config, null, 2);
+  const config = document.getElementById('config');
+  if (config) config.textContent = JSON.stringify(view.run.resolved_config || view.run.config, null, 2);
 }
 
 async function refreshRun() {

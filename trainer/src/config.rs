@@ -33,8 +33,8 @@ impl RunConfig {
         match self {
             RunConfig::Train(c) => c.validate(),
             RunConfig::Transfer(c) => c.validate(),
-            RunConfig::Certify(c) => c.smoothing.validate("smoothing"),
-            RunConfig::Predict(c) => c.smoothing.validate("smoothing"),
+            RunConfig::Certify(c) => validate_smoothing(&c.model, &c.smoothing),
+            RunConfig::Predict(c) => validate_smoothing(&c.model, &c.smoothing),
         }
     }
 
@@ -56,16 +56,23 @@ pub enum RunKind {
     Transfer,
     Certify,
     Predict,
+    /// Not a trainer run: a client logging through the server's MLflow-compatible API. No
+    /// config, never launched; the trainer never sees this kind.
+    External,
 }
 
 impl RunKind {
-    pub const ALL: [RunKind; 4] = [RunKind::Train, RunKind::Transfer, RunKind::Certify, RunKind::Predict];
+    pub const ALL: [RunKind; 5] =
+        [RunKind::Train, RunKind::Transfer, RunKind::Certify, RunKind::Predict, RunKind::External];
+    /// The kinds a trainer runs (what `POST /api/v1/runs` accepts).
+    pub const TRAINER: [RunKind; 4] = [RunKind::Train, RunKind::Transfer, RunKind::Certify, RunKind::Predict];
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Train => "train",
             RunKind::Transfer => "transfer",
             RunKind::Certify => "certify",
             RunKind::Predict => "predict",
+            RunKind::External => "external",
         }
     }
 
@@ -135,6 +142,22 @@ impl Dataset {
     pub fn classes(self) -> usize {
         10
     }
+    /// Values in one input image (C x H x W).
+    pub fn input_len(self) -> usize {
+        let (c, h, w) = self.image_shape();
+        c * h * w
+    }
+    /// Images in the training split (the largest `data.train_subset`).
+    pub fn train_len(self) -> usize {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => 60_000,
+            Dataset::Cifar10 => 50_000,
+        }
+    }
+    /// Images in the test split (the largest `data.test_subset` and `smoothing.max`).
+    pub fn test_len(self) -> usize {
+        TEST_IMAGES
+    }
     /// The reference learning rate: 0.01 for the MNIST family, 0.1 for CIFAR-10.
     pub fn default_lr(self) -> f64 {
         match self {
@@ -191,6 +214,86 @@ impl std::str::FromStr for Arch {
             )
         })
     }
+}
+
+impl Arch {
+    /// Bytes of memory per input value (C x H x W) that one image takes in a certification forward
+    /// pass of this architecture: the activations the pass keeps, plus the noisy input buffers.
+    /// Measured on the CPU (peak RSS growth per image at batch 64 to 1024, `forward_t(x, false)`),
+    /// plus about 30 % margin. A ResNet's first stage has 16 channels whatever the input has, so
+    /// its factor per input value is about 3x larger on the one-channel MNIST family.
+    pub fn activation_factor(self, dataset: Dataset) -> u64 {
+        let mnist_family = matches!(dataset, Dataset::Mnist | Dataset::FashionMnist);
+        match (self, mnist_family) {
+            (Arch::Linear, _) => 24,
+            (Arch::Mlp, true) => 40,
+            (Arch::Mlp, false) => 28,
+            (Arch::Lenet, _) => 64,
+            (Arch::Resnet20, true) => 1_536,
+            (Arch::Resnet20, false) => 544,
+            (Arch::Resnet56, true) => 4_160,
+            (Arch::Resnet56, false) => 1_408,
+            (Arch::Resnet110, true) => 8_064,
+            (Arch::Resnet110, false) => 2_688,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds: every size a config chooses has an upper bound, checked by `validate` here (so the
+// server and the trainer check the same ones) and listed in docs/api.md, "Limits".
+// ---------------------------------------------------------------------------------------------
+
+/// The most training epochs (`optim.epochs`, and every epoch count: schedule steps and milestones,
+/// warm-up and deferred epochs). The references train 90 to 200.
+pub const MAX_EPOCHS: usize = 1_000;
+/// The largest training batch (`optim.batch_size`). The references use 64 to 400.
+pub const MAX_BATCH_SIZE: usize = 4_096;
+/// The most noise draws per image in a training step (`method.m`, `method.k`).
+pub const MAX_NOISE_DRAWS: usize = 64;
+/// The most attack steps per training step (`method.steps`).
+pub const MAX_ATTACK_STEPS: usize = 100;
+/// The most learning-rate milestones (`optim.schedule.milestones`).
+pub const MAX_MILESTONES: usize = 100;
+/// The largest base learning rate (`optim.lr`, and the lr of a resume); far beyond any useful one
+/// (0.1 is CIFAR-10's reference), low enough to be a number every store keeps exactly.
+pub const MAX_LR: f64 = 1_000.0;
+/// Images in the test split of every dataset: the largest `smoothing.skip` and `smoothing.max`.
+pub const TEST_IMAGES: usize = 10_000;
+/// The memory a certification batch may take (`smoothing.batch` x input values x the
+/// architecture's [`Arch::activation_factor`]): 8 GiB, so that the default batch (1000) fits the
+/// largest model (ResNet-110) on every dataset, while a LeNet on MNIST may take ~170,000.
+pub const MAX_BATCH_BYTES: u64 = 8 << 30;
+/// Noisy copies are drawn in groups of this many: a certification batch is rounded up to it.
+pub const CERT_BATCH_GRANULE: usize = 16;
+
+/// Bytes a certification batch of `batch` noisy copies takes with `arch` on `dataset` (the batch
+/// rounded up to [`CERT_BATCH_GRANULE`], as the sampler does).
+pub fn cert_batch_bytes(batch: usize, arch: Arch, dataset: Dataset) -> u64 {
+    let rounded = batch.saturating_add(CERT_BATCH_GRANULE - 1) / CERT_BATCH_GRANULE * CERT_BATCH_GRANULE;
+    (rounded as u64).saturating_mul(dataset.input_len() as u64).saturating_mul(arch.activation_factor(dataset))
+}
+
+/// The largest `smoothing.batch` whose memory is within [`MAX_BATCH_BYTES`] (a multiple of 16).
+pub fn max_cert_batch(arch: Arch, dataset: Dataset) -> usize {
+    let per_copy = dataset.input_len() as u64 * arch.activation_factor(dataset);
+    let max = (MAX_BATCH_BYTES / per_copy) as usize;
+    max / CERT_BATCH_GRANULE * CERT_BATCH_GRANULE
+}
+
+/// The largest `smoothing.batch` of any architecture and dataset: the bound where the model is
+/// not known yet (a model directory is read only when the run starts; the trainer then checks
+/// [`max_cert_batch`] of the model it loaded).
+pub fn max_cert_batch_any() -> usize {
+    Arch::ALL.iter().flat_map(|a| Dataset::ALL.map(|d| max_cert_batch(*a, d))).max().unwrap_or(0)
+}
+
+/// `value <= max`, else an error naming the bound; `why` (may be empty) follows it.
+fn check_at_most(field: &str, value: usize, max: usize, why: &str) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::new(field, format!("must be at most {max} (got {value}){why}")));
+    }
+    Ok(())
 }
 
 fn names(list: &[&str]) -> String {
@@ -368,26 +471,39 @@ impl Method {
                 Ok(())
             }
         };
+        // Noise draws and attack steps multiply a step's work and memory; epochs bound the warm-ups.
+        let draws = |name: &str, v: usize| {
+            positive(name, v)?;
+            check_at_most(&format!("{field}.{name}"), v, MAX_NOISE_DRAWS, "")
+        };
+        let steps_ok = |v: usize| {
+            positive("steps", v)?;
+            check_at_most(&format!("{field}.steps"), v, MAX_ATTACK_STEPS, "")
+        };
+        let epochs_ok = |name: &str, v: usize| check_at_most(&format!("{field}.{name}"), v, MAX_EPOCHS, "");
         match self {
-            Method::SmoothAdv { m, steps, epsilon, .. } => {
-                positive("m", *m)?;
-                positive("steps", *steps)?;
+            Method::SmoothAdv { m, steps, epsilon, warmup_epochs, .. } => {
+                draws("m", *m)?;
+                steps_ok(*steps)?;
+                epochs_ok("warmup_epochs", *warmup_epochs)?;
                 check_nonneg(&format!("{field}.epsilon"), *epsilon)
             }
-            Method::Macer { k, beta, gamma, lambda, .. } => {
-                positive("k", *k)?;
+            Method::Macer { k, beta, gamma, lambda, deferred_epochs, .. } => {
+                draws("k", *k)?;
+                epochs_ok("deferred_epochs", *deferred_epochs)?;
                 check_positive(&format!("{field}.beta"), *beta)?;
                 check_positive(&format!("{field}.gamma"), *gamma)?;
                 check_nonneg(&format!("{field}.lambda"), *lambda)
             }
             Method::Consistency { m, lambda, eta, .. } => {
-                positive("m", *m)?;
+                draws("m", *m)?;
                 check_nonneg(&format!("{field}.lambda"), *lambda)?;
                 check_nonneg(&format!("{field}.eta"), *eta)
             }
-            Method::SmoothMix { m, steps, step_size, eta, .. } => {
-                positive("m", *m)?;
-                positive("steps", *steps)?;
+            Method::SmoothMix { m, steps, step_size, eta, warmup_epochs, .. } => {
+                draws("m", *m)?;
+                steps_ok(*steps)?;
+                epochs_ok("warmup_epochs", *warmup_epochs)?;
                 check_positive(&format!("{field}.step_size"), *step_size)?;
                 check_nonneg(&format!("{field}.eta"), *eta)
             }
@@ -503,11 +619,13 @@ impl OptimConfig {
         if self.epochs == 0 {
             return Err(ConfigError::new("optim.epochs", "must be at least 1"));
         }
+        check_at_most("optim.epochs", self.epochs, MAX_EPOCHS, "")?;
         if self.batch_size == 0 {
             return Err(ConfigError::new("optim.batch_size", "must be at least 1"));
         }
+        check_at_most("optim.batch_size", self.batch_size, MAX_BATCH_SIZE, "")?;
         if let Some(lr) = self.lr {
-            check_positive("optim.lr", lr)?;
+            check_lr("optim.lr", lr)?;
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(ConfigError::new("optim.momentum", format!("must be in [0, 1) (got {})", self.momentum)));
@@ -517,12 +635,33 @@ impl OptimConfig {
             Schedule::Step { every_epochs: 0, .. } => {
                 Err(ConfigError::new("optim.schedule.every_epochs", "must be at least 1"))
             }
-            Schedule::Step { gamma, .. } | Schedule::MultiStep { gamma, .. } => {
+            Schedule::Step { every_epochs, gamma } => {
+                check_at_most("optim.schedule.every_epochs", *every_epochs, MAX_EPOCHS, "")?;
+                check_positive("optim.schedule.gamma", *gamma)
+            }
+            Schedule::MultiStep { milestones, gamma } => {
+                if milestones.len() > MAX_MILESTONES {
+                    return Err(ConfigError::new(
+                        "optim.schedule.milestones",
+                        format!("must list at most {MAX_MILESTONES} epochs (got {})", milestones.len()),
+                    ));
+                }
+                for (i, m) in milestones.iter().enumerate() {
+                    check_at_most(&format!("optim.schedule.milestones[{i}]"), *m, MAX_EPOCHS, "")?;
+                }
                 check_positive("optim.schedule.gamma", *gamma)
             }
             Schedule::Constant => Ok(()),
         }
     }
+}
+
+/// A base learning rate: a finite number in (0, [`MAX_LR`]]. Also the check of a resume's new lr.
+pub fn check_lr(field: &str, lr: f64) -> Result<(), ConfigError> {
+    if !(lr.is_finite() && lr > 0.0 && lr <= MAX_LR) {
+        return Err(ConfigError::new(field, format!("must be a finite number > 0 and at most {MAX_LR} (got {lr})")));
+    }
+    Ok(())
 }
 
 fn d_seed() -> u64 {
@@ -565,11 +704,20 @@ impl TrainConfig {
 }
 
 fn validate_subsets(data: &DataConfig) -> Result<(), ConfigError> {
-    if data.train_subset == Some(0) {
-        return Err(ConfigError::new("data.train_subset", "must be at least 1 when given"));
+    let ds = data.dataset;
+    if let Some(n) = data.train_subset {
+        if n == 0 {
+            return Err(ConfigError::new("data.train_subset", "must be at least 1 when given"));
+        }
+        let why = format!(": the {} training split has {} images", ds.as_str(), ds.train_len());
+        check_at_most("data.train_subset", n, ds.train_len(), &why)?;
     }
-    if data.test_subset == Some(0) {
-        return Err(ConfigError::new("data.test_subset", "must be at least 1 when given"));
+    if let Some(n) = data.test_subset {
+        if n == 0 {
+            return Err(ConfigError::new("data.test_subset", "must be at least 1 when given"));
+        }
+        let why = format!(": the {} test split has {} images", ds.as_str(), ds.test_len());
+        check_at_most("data.test_subset", n, ds.test_len(), &why)?;
     }
     Ok(())
 }
@@ -812,6 +960,23 @@ impl SmoothingConfig {
             let name = if self.n > MAX_SAMPLES { "n" } else { "n0" };
             return Err(ConfigError::new(format!("{field}.{name}"), format!("must be at most {MAX_SAMPLES}")));
         }
+        let test = format!(": every test split has {TEST_IMAGES} images");
+        check_at_most(&format!("{field}.skip"), self.skip, TEST_IMAGES, &test)?;
+        if let Some(max) = self.max {
+            check_at_most(&format!("{field}.max"), max, TEST_IMAGES, &test)?;
+        }
+        // The model may not be known yet: the loosest memory bound here, the model's own in
+        // `check_batch_memory` once it is.
+        let any = max_cert_batch_any();
+        check_at_most(
+            &format!("{field}.batch"),
+            self.batch,
+            any,
+            &format!(
+                ": no model takes a larger batch within the {} GiB certification memory limit",
+                MAX_BATCH_BYTES >> 30
+            ),
+        )?;
         self.mode.validate(&format!("{field}.mode"))?;
         if !(self.alpha > 0.0 && self.alpha < 0.5) {
             return Err(ConfigError::new(
@@ -821,6 +986,53 @@ impl SmoothingConfig {
         }
         Ok(())
     }
+}
+
+impl SmoothingConfig {
+    /// The certification batch against the memory limit for the model that runs it: `batch` x the
+    /// dataset's input values x the architecture's activation factor must be within
+    /// [`MAX_BATCH_BYTES`].
+    pub fn check_batch_memory(&self, field: &str, arch: Arch, dataset: Dataset) -> Result<(), ConfigError> {
+        let max = max_cert_batch(arch, dataset);
+        if self.batch > max {
+            let bytes = cert_batch_bytes(self.batch, arch, dataset);
+            return Err(ConfigError::new(
+                format!("{field}.batch"),
+                format!(
+                    "must be at most {max} for {} on {} (got {}): a batch of noisy copies needs batch x {} input values x {} bytes ({}'s activation factor) = {:.1} GiB, over the {} GiB limit of a certification batch",
+                    arch.as_str(),
+                    dataset.as_str(),
+                    self.batch,
+                    dataset.input_len(),
+                    arch.activation_factor(dataset),
+                    arch.as_str(),
+                    bytes as f64 / (1u64 << 30) as f64,
+                    MAX_BATCH_BYTES >> 30,
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ModelSource {
+    /// The architecture and dataset, where the config names them (bare weights).
+    pub fn arch_dataset(&self) -> Option<(Arch, Dataset)> {
+        match self {
+            ModelSource::Weights { arch, dataset, .. } => Some((*arch, *dataset)),
+            ModelSource::Dir { .. } => None,
+        }
+    }
+}
+
+/// A certification's or prediction's checks: its smoothing parameters, and the batch memory when
+/// the config names the model's architecture.
+fn validate_smoothing(model: &ModelSource, smoothing: &SmoothingConfig) -> Result<(), ConfigError> {
+    smoothing.validate("smoothing")?;
+    if let Some((arch, dataset)) = model.arch_dataset() {
+        smoothing.check_batch_memory("smoothing", arch, dataset)?;
+    }
+    Ok(())
 }
 
 /// `crt-trainer certify`.
@@ -933,6 +1145,150 @@ mod tests {
         assert_eq!(bad.validate("smoothing").unwrap_err().field, "smoothing.n");
         assert!(serde_json::from_str::<SmoothingConfig>(r#"{"mode": {"name": "target_radius"}}"#).is_err());
         assert!(serde_json::from_str::<SmoothingConfig>(r#"{"mode": {"name": "sequential"}}"#).is_err());
+    }
+
+    fn train_cfg() -> TrainConfig {
+        TrainConfig {
+            data: DataConfig { dataset: Dataset::Mnist, data_dir: "d".into(), train_subset: None, test_subset: None },
+            arch: Arch::Lenet,
+            method: Method::Gaussian { sigma: 0.25 },
+            optim: OptimConfig::default(),
+            seed: 0,
+            out_dir: "o".into(),
+            resume: false,
+        }
+    }
+
+    /// `edit(cfg, inside)` sets a value just inside the bound (`inside` true) or just outside it.
+    fn check_bound(field: &str, edit: impl Fn(&mut TrainConfig, bool)) {
+        let mut cfg = train_cfg();
+        edit(&mut cfg, true);
+        assert_eq!(cfg.validate(), Ok(()), "{field} just inside its bound");
+        let mut cfg = train_cfg();
+        edit(&mut cfg, false);
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn training_sizes_are_bounded() {
+        let pick = |inside: bool, max: usize| if inside { max } else { max + 1 };
+        check_bound("optim.epochs", |c, i| c.optim.epochs = pick(i, MAX_EPOCHS));
+        check_bound("optim.batch_size", |c, i| c.optim.batch_size = pick(i, MAX_BATCH_SIZE));
+        check_bound("optim.lr", |c, i| c.optim.lr = Some(if i { MAX_LR } else { MAX_LR * 1.001 }));
+        check_bound("optim.schedule.every_epochs", |c, i| {
+            c.optim.schedule = Schedule::Step { every_epochs: pick(i, MAX_EPOCHS), gamma: 0.1 }
+        });
+        check_bound("optim.schedule.milestones", |c, i| {
+            c.optim.schedule = Schedule::MultiStep { milestones: vec![1; pick(i, MAX_MILESTONES)], gamma: 0.1 }
+        });
+        check_bound("optim.schedule.milestones[1]", |c, i| {
+            c.optim.schedule = Schedule::MultiStep { milestones: vec![1, pick(i, MAX_EPOCHS)], gamma: 0.1 }
+        });
+        check_bound("data.train_subset", |c, i| c.data.train_subset = Some(pick(i, 60_000)));
+        check_bound("data.test_subset", |c, i| c.data.test_subset = Some(pick(i, 10_000)));
+        check_bound("data.train_subset", |c, i| {
+            c.data.dataset = Dataset::Cifar10;
+            c.data.train_subset = Some(pick(i, 50_000));
+        });
+        check_bound("method.m", |c, i| {
+            c.method = Method::with_defaults("smoothadv", 0.25).unwrap();
+            if let Method::SmoothAdv { m, .. } = &mut c.method {
+                *m = pick(i, MAX_NOISE_DRAWS);
+            }
+        });
+        check_bound("method.k", |c, i| {
+            c.method = Method::with_defaults("macer", 0.25).unwrap();
+            if let Method::Macer { k, .. } = &mut c.method {
+                *k = pick(i, MAX_NOISE_DRAWS);
+            }
+        });
+        check_bound("method.steps", |c, i| {
+            c.method = Method::with_defaults("smoothmix", 0.25).unwrap();
+            if let Method::SmoothMix { steps, .. } = &mut c.method {
+                *steps = pick(i, MAX_ATTACK_STEPS);
+            }
+        });
+        check_bound("method.warmup_epochs", |c, i| {
+            c.method = Method::with_defaults("smoothadv", 0.25).unwrap();
+            if let Method::SmoothAdv { warmup_epochs, .. } = &mut c.method {
+                *warmup_epochs = pick(i, MAX_EPOCHS);
+            }
+        });
+        // The same bounds hold for a transfer (they share the optimizer and data checks).
+        let transfer = TransferConfig {
+            data: DataConfig { dataset: Dataset::Mnist, data_dir: "d".into(), train_subset: None, test_subset: None },
+            teacher: "t".into(),
+            student_arch: Arch::Lenet,
+            loss: TransferLoss::default(),
+            sigma: None,
+            allow_sigma_mismatch: false,
+            optim: OptimConfig { epochs: MAX_EPOCHS + 1, ..OptimConfig::default() },
+            seed: 0,
+            out_dir: "o".into(),
+            resume: false,
+        };
+        assert_eq!(RunConfig::Transfer(transfer).validate().unwrap_err().field, "optim.epochs");
+    }
+
+    #[test]
+    fn smoothing_sizes_are_bounded() {
+        let check = |edit: &dyn Fn(&mut SmoothingConfig, bool), field: &str| {
+            let mut s = SmoothingConfig::default();
+            edit(&mut s, true);
+            assert_eq!(s.validate("smoothing"), Ok(()), "{field} inside");
+            let mut s = SmoothingConfig::default();
+            edit(&mut s, false);
+            assert_eq!(s.validate("smoothing").unwrap_err().field, field);
+        };
+        check(&|s, i| s.n = if i { MAX_SAMPLES } else { MAX_SAMPLES + 1 }, "smoothing.n");
+        check(&|s, i| s.n0 = if i { MAX_SAMPLES } else { MAX_SAMPLES + 1 }, "smoothing.n0");
+        check(&|s, i| s.skip = if i { TEST_IMAGES } else { TEST_IMAGES + 1 }, "smoothing.skip");
+        check(&|s, i| s.max = Some(if i { TEST_IMAGES } else { TEST_IMAGES + 1 }), "smoothing.max");
+        let any = max_cert_batch_any();
+        check(&|s, i| s.batch = if i { any } else { any + 1 }, "smoothing.batch");
+        // The batch that made a trainer abort (SIGABRT) before these bounds.
+        let huge = SmoothingConfig { batch: 1_000_000_000, ..SmoothingConfig::default() };
+        assert_eq!(huge.validate("smoothing").unwrap_err().field, "smoothing.batch");
+    }
+
+    #[test]
+    fn the_certification_batch_is_bounded_by_its_memory() {
+        let small = max_cert_batch(Arch::Lenet, Dataset::Mnist);
+        let large = max_cert_batch(Arch::Resnet110, Dataset::Cifar10);
+        // A LeNet on MNIST may take a much larger batch than a ResNet-110 on CIFAR-10.
+        assert!(small > 100 * large, "lenet/mnist {small}, resnet110/cifar10 {large}");
+        assert!(large >= 1000, "the default batch (1000) fits every model: {large}");
+        for arch in Arch::ALL {
+            for ds in Dataset::ALL {
+                let max = max_cert_batch(arch, ds);
+                assert_eq!(max % CERT_BATCH_GRANULE, 0);
+                assert!(cert_batch_bytes(max, arch, ds) <= MAX_BATCH_BYTES, "{arch:?} {ds:?}");
+                assert!(max <= max_cert_batch_any());
+                let at = |batch| SmoothingConfig { batch, ..SmoothingConfig::default() };
+                assert_eq!(at(max).check_batch_memory("smoothing", arch, ds), Ok(()));
+                let err = at(max + 1).check_batch_memory("smoothing", arch, ds).unwrap_err();
+                assert_eq!(err.field, "smoothing.batch");
+                assert!(err.message.contains(&format!("at most {max}")), "{err}");
+                assert!(err.message.contains("8 GiB"), "{err}");
+            }
+        }
+        // Bare weights name their architecture, so the config check applies the model's bound.
+        let certify = |arch, dataset, batch| {
+            RunConfig::Certify(CertifyConfig {
+                model: ModelSource::Weights { path: "w".into(), arch, dataset },
+                data_dir: "d".into(),
+                smoothing: SmoothingConfig { batch, sigma: Some(0.25), ..SmoothingConfig::default() },
+                out_dir: "o".into(),
+                resume: false,
+            })
+        };
+        let between = large + 16;
+        assert_eq!(certify(Arch::Lenet, Dataset::Mnist, between).validate(), Ok(()));
+        let err = certify(Arch::Resnet110, Dataset::Cifar10, between).validate().unwrap_err();
+        assert_eq!(err.field, "smoothing.batch");
+        assert!(err.message.contains("resnet110 on cifar10"), "{err}");
     }
 
     #[test]

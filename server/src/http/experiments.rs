@@ -30,23 +30,52 @@ pub(super) struct ExperimentUpdate {
     tags: Option<Vec<String>>,
 }
 
+/// The longest experiment name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// The most tags of an experiment.
+pub const MAX_TAGS: usize = 32;
+/// The longest tag, in characters.
+pub const MAX_TAG_CHARS: usize = 64;
+
 fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::Invalid { field: "name".into(), message: "must be 1 to 200 characters".into() });
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::Invalid {
+            field: "name".into(),
+            message: format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        });
     }
     Ok(name.to_string())
 }
 
+fn check_description(description: &str) -> Result<(), ApiError> {
+    let chars = description.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::Invalid {
+            field: "description".into(),
+            message: format!("must be at most {MAX_DESCRIPTION_CHARS} characters (got {chars})"),
+        });
+    }
+    Ok(())
+}
+
 fn check_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::Invalid {
+            field: "tags".into(),
+            message: format!("must list at most {MAX_TAGS} tags (got {})", tags.len()),
+        });
+    }
     tags.iter()
         .enumerate()
         .map(|(i, t)| {
             let t = t.trim();
-            if t.is_empty() || t.chars().count() > 64 {
+            if t.is_empty() || t.chars().count() > MAX_TAG_CHARS {
                 Err(ApiError::Invalid {
                     field: format!("tags[{i}]"),
-                    message: "a tag must be 1 to 64 characters".into(),
+                    message: format!("a tag must be 1 to {MAX_TAG_CHARS} characters"),
                 })
             } else {
                 Ok(t.to_string())
@@ -64,6 +93,7 @@ pub(super) async fn create_experiment(
     JsonBody(req): JsonBody<NewExperiment>,
 ) -> Result<(StatusCode, Json<Experiment>), ApiError> {
     let name = check_name(&req.name)?;
+    check_description(&req.description)?;
     let tags = check_tags(&req.tags)?;
     let exp = experiments::create(&app.store, &name, &req.description, &tags).await?;
     Ok((StatusCode::CREATED, Json(exp)))
@@ -91,6 +121,9 @@ pub(super) async fn update_experiment(
     P(id): P<i64>,
     JsonBody(req): JsonBody<ExperimentUpdate>,
 ) -> Result<Json<Experiment>, ApiError> {
+    if let Some(description) = &req.description {
+        check_description(description)?;
+    }
     let patch = ExperimentPatch {
         name: req.name.as_deref().map(check_name).transpose()?,
         description: req.description,
@@ -103,8 +136,9 @@ pub(super) async fn update_experiment(
 }
 
 pub(super) async fn delete_experiment(State(app): State<AppState>, P(id): P<i64>) -> Result<StatusCode, ApiError> {
-    let exp = find_experiment(&app, id).await?;
-    let active: i64 = ["queued", "running"].iter().map(|s| exp.run_counts.get(*s).copied().unwrap_or(0)).sum();
+    find_experiment(&app, id).await?;
+    // External runs (MLflow clients) do not block: a client that died may leave one RUNNING forever.
+    let active = crate::store::runs::active_trainer_runs(&app.store.pool, id).await?;
     if active > 0 {
         return Err(ApiError::Conflict(format!(
             "experiment {id} has {active} queued or running runs; stop them before deleting it"

@@ -64,6 +64,12 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/2.0/") {
+        // MLflow's clients read MLflow's error shape.
+        let body = serde_json::json!({ "error_code": "ENDPOINT_NOT_FOUND", "message": format!("no such endpoint: {}", uri.path()) });
+        return (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
+    ApiError::NotFound(format!("no such endpoint: {}", uri.path())).into_response()
 }

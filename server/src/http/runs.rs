@@ -18,7 +18,7 @@ use super::AppState;
 use crate::devices::{Device, DeviceRequest};
 use crate::launch::slurm::SlurmResources;
 use crate::launch::{BackendKind, Handle};
-use crate::runs::{CreateRunRequest, RunStatus};
+use crate::runs::{CreateRunRequest, ResumeRequest, RunStatus};
 use crate::store::journal::{self, Scope};
 use crate::store::metrics::{self, MetricPoint};
 use crate::store::runs::{self, Progress, Run, RunFilter, SortKey};
@@ -83,6 +83,10 @@ pub struct RunView {
     pub resumable: bool,
     /// The newest event sequence number: subscribe to the event stream with `?after=` this.
     pub last_seq: i64,
+    /// External runs (MLflow clients): their params and tags, and when the client last wrote.
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub last_write_at: Option<f64>,
 }
 
 impl RunView {
@@ -124,6 +128,7 @@ impl RunView {
             device,
             summary,
             progress,
+            last_write_at,
         } = run;
         RunView {
             id,
@@ -163,6 +168,9 @@ impl RunView {
             makes_model: kind.makes_model(),
             resumable: status.is_resumable(),
             last_seq,
+            params: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            last_write_at,
         }
     }
 
@@ -170,14 +178,29 @@ impl RunView {
     /// it before the run, so every later change reaches it over SSE).
     pub async fn load(pool: &AnyPool, run: Run, last_seq: i64) -> anyhow::Result<RunView> {
         let metrics = metrics::latest(pool, run.id).await?;
-        Ok(RunView::new(run, metrics, last_seq))
+        let resumable = crate::runs::resumable(pool, &run).await?;
+        let (params, tags) = if run.kind == RunKind::External {
+            crate::store::mlflow::params_and_tags(pool, run.id).await?
+        } else {
+            Default::default()
+        };
+        Ok(RunView { resumable, params, tags, ..RunView::new(run, metrics, last_seq) })
     }
 }
 
 async fn run_view(app: &AppState, run: Run) -> Result<RunView, ApiError> {
-    let metrics = metrics::latest(&app.store.pool, run.id).await?;
     let last_seq = journal::last_seq(&app.store.pool, Scope::Run(run.id)).await?;
-    Ok(RunView::new(run, metrics, last_seq))
+    Ok(RunView::load(&app.store.pool, run, last_seq).await?)
+}
+
+/// The largest page of runs (`limit`).
+pub const MAX_RUNS_PAGE: i64 = 1000;
+/// The longest metric key in `sort=metric:<key>`, in characters.
+pub const MAX_METRIC_KEY_CHARS: usize = 200;
+
+/// A request value beyond its upper bound: 422 naming it (docs/api.md, "Limits").
+pub(super) fn too_large(field: &str, message: String) -> ApiError {
+    ApiError::Invalid { field: field.to_string(), message }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,8 +229,11 @@ impl RunListQuery {
         methods.extend(["crt", "kd"]);
         let (sort, descending) = parse_sort(self.sort.as_deref().unwrap_or("id"))?;
         let limit = self.limit.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::bad_param("limit", "must be between 1 and 1000"));
+        if limit < 1 {
+            return Err(ApiError::bad_param("limit", format!("must be between 1 and {MAX_RUNS_PAGE}")));
+        }
+        if limit > MAX_RUNS_PAGE {
+            return Err(too_large("limit", format!("must be at most {MAX_RUNS_PAGE} (got {limit})")));
         }
         let offset = self.offset.unwrap_or(0);
         if offset < 0 {
@@ -234,6 +260,13 @@ fn parse_sort(sort: &str) -> Result<(SortKey, bool), ApiError> {
         None => (false, sort),
     };
     if let Some(metric) = key.strip_prefix("metric:") {
+        let chars = metric.chars().count();
+        if chars > MAX_METRIC_KEY_CHARS {
+            return Err(too_large(
+                "sort",
+                format!("the metric key must be at most {MAX_METRIC_KEY_CHARS} characters (got {chars})"),
+            ));
+        }
         if metric.is_empty() {
             return Err(ApiError::bad_param("sort", "metric:<key> needs a metric key, e.g. metric:test/acc"));
         }
@@ -298,12 +331,34 @@ pub(super) async fn stop_run(
     Ok((StatusCode::ACCEPTED, Json(run_view(&app, run).await?)))
 }
 
+/// `POST …/resume`, with an optional JSON body (`{"lr": 0.001}`); no body resumes as it was.
 pub(super) async fn resume_run(
     State(app): State<AppState>,
     P(id): P<i64>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let run = app.manager.resume(id).await?;
+    let req = resume_request(&headers, &body)?;
+    let run = app.manager.resume(id, &req).await?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&app, run).await?)))
+}
+
+/// The resume body: empty (none), else JSON (`Content-Type: application/json`).
+fn resume_request(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<ResumeRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ResumeRequest::default());
+    }
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType(
+            "the request body must be JSON (Content-Type: application/json)".into(),
+        ));
+    }
+    super::errors::parse_json(body)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crt_trainer::events::unix_now;
 
 pub use status::RunStatus;
-pub use validate::{CreateRunRequest, FieldError};
+pub use validate::{CreateRunRequest, FieldError, ResumeRequest};
 
 use crate::cli::Settings;
 use crate::devices::placement;
@@ -140,6 +140,17 @@ impl RunManager {
                 FieldError::new("experiment_id", format!("experiment {} does not exist", req.experiment_id)).into()
             );
         }
+        if req.parents.len() > validate::MAX_PARENTS {
+            return Err(FieldError::new(
+                "parents",
+                format!(
+                    "must list at most {} runs (got {}); a run has at most one parent",
+                    validate::MAX_PARENTS,
+                    req.parents.len()
+                ),
+            )
+            .into());
+        }
         let mut parents = Vec::new();
         for (i, id) in req.parents.iter().enumerate() {
             if req.parents[..i].contains(id) {
@@ -154,8 +165,12 @@ impl RunManager {
             Some("") => {
                 return Err(FieldError::new("name", "must not be empty (or leave it out for a default name)").into())
             }
-            Some(n) if n.chars().count() > 200 => {
-                return Err(FieldError::new("name", "must be at most 200 characters").into())
+            Some(n) if n.chars().count() > validate::MAX_RUN_NAME_CHARS => {
+                return Err(FieldError::new(
+                    "name",
+                    format!("must be at most {} characters", validate::MAX_RUN_NAME_CHARS),
+                )
+                .into())
             }
             other => other.map(str::to_string),
         };
@@ -194,6 +209,7 @@ impl RunManager {
     /// has ended. The request is stored, so a restarted server still knows it asked.
     pub async fn stop(self: &Arc<Self>, id: i64) -> Result<Run, RunError> {
         let run = self.get(id).await?;
+        refuse_external(&run, "stop")?;
         match (&run.status, &run.handle) {
             (RunStatus::Queued, None) => {
                 let end = Ending {
@@ -236,22 +252,36 @@ impl RunManager {
 
     /// Puts a stopped or crashed run back in the queue with `resume: true`; it keeps its id,
     /// metrics and logs, and the trainer continues from its checkpoint (train, transfer) or
-    /// from the next image not yet certified (certify, predict).
-    pub async fn resume(&self, id: i64) -> Result<Run, RunError> {
+    /// from the next image not yet certified (certify, predict). A failed train or transfer run
+    /// with a checkpoint (e.g. one whose loss diverged) resumes from that checkpoint too;
+    /// `req.lr` replaces its learning rate.
+    pub async fn resume(&self, id: i64, req: &ResumeRequest) -> Result<Run, RunError> {
         let run = self.get(id).await?;
-        if !run.status.is_resumable() {
+        refuse_external(&run, "resume")?;
+        if !self.is_resumable(&run).await? {
+            let why = if run.status == RunStatus::Failed && run.kind.makes_model() {
+                "; this failed run has no checkpoint to resume from"
+            } else {
+                ""
+            };
             return Err(RunError::Conflict(format!(
-                "run {id} is {}; only stopped or crashed runs can be resumed",
+                "run {id} is {}; only stopped or crashed runs, and failed train or transfer runs with a checkpoint, can be resumed{why}",
                 run.status.as_str()
             )));
         }
-        let config = validate::resume_config(&run);
+        req.check(run.kind)?;
+        let config = validate::resume_config(&run, req);
         let mut w = self.store.write().await?;
         store::runs::requeue(w.conn(), id, &config, unix_now()).await?;
         w.journal(id, run.experiment_id, "status", json!({ "status": "queued", "resume": true })).await?;
         w.commit().await?;
         self.wake.notify_one();
         self.get(id).await
+    }
+
+    /// Stopped or crashed (any kind), or failed with a checkpoint (train, transfer).
+    pub async fn is_resumable(&self, run: &Run) -> anyhow::Result<bool> {
+        resumable(&self.store.pool, run).await
     }
 
     /// Stores a final status, with a server log line and a journal entry.
@@ -281,4 +311,29 @@ impl RunManager {
         w.journal(run.id, run.experiment_id, "status", data).await?;
         w.commit().await
     }
+}
+
+/// Whether `POST …/resume` accepts the run: stopped or crashed (any kind), or a failed train or
+/// transfer run that has a checkpoint to continue from (its loss diverged, say).
+pub async fn resumable(pool: &sqlx::AnyPool, run: &Run) -> anyhow::Result<bool> {
+    if run.status.is_resumable() {
+        return Ok(true);
+    }
+    if run.status == RunStatus::Failed && run.kind.makes_model() {
+        return store::artifacts::has_checkpoint(pool, run.id).await;
+    }
+    Ok(false)
+}
+
+/// CRT Lab neither started nor can end an external run (an MLflow client logs it): stop and
+/// resume are the client's.
+fn refuse_external(run: &Run, what: &str) -> Result<(), RunError> {
+    if run.kind == crt_trainer::config::RunKind::External {
+        return Err(RunError::Conflict(format!(
+            "run {} is an external run, logged by an MLflow client: CRT Lab has no process to {what}; \
+             the client ends it (mlflow.end_run) or logs to it again (mlflow.start_run(run_id=...))",
+            run.id
+        )));
+    }
+    Ok(())
 }

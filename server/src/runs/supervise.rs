@@ -16,6 +16,8 @@ use super::status::{self, Ended};
 use super::{Active, RunManager, RunStatus};
 use crate::launch::{local, BackendKind, Handle, Observed};
 use crate::record::{self, Cursor, Incoming, Recorder};
+use crt_trainer::config::RunKind;
+
 use crate::store;
 use crate::store::runs::{Ending, Run};
 
@@ -41,8 +43,9 @@ impl RunManager {
     /// Finds every launched attempt again and supervises it; ends what cannot be followed.
     pub(super) async fn reattach(self: &Arc<Self>) -> anyhow::Result<()> {
         // Runs left `running` by a server from before event logs (no handle) cannot be tailed.
+        // External runs (MLflow clients) have no process here: a restart leaves them as they are.
         for run in store::runs::with_status(&self.store.pool, RunStatus::Running).await? {
-            if run.handle.is_none() {
+            if run.handle.is_none() && run.kind != RunKind::External {
                 let end = Ending {
                     status: RunStatus::Crashed,
                     exit_code: None,

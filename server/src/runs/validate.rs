@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crt_trainer::config::{ModelSource, RunConfig, RunKind, TransferLoss};
+use crt_trainer::config::{check_lr, Arch, Dataset, ModelSource, RunConfig, RunKind, TransferLoss};
 
 use crate::devices::DeviceRequest;
 use crate::launch::slurm::SlurmResources;
@@ -99,6 +99,7 @@ pub fn check_config(config: &Value, parents: &[Run], datasets_dir: &Path) -> Res
     fill_paths(kind, &mut config, parent, datasets_dir)?;
     let typed = typed_config(kind, &config)?;
     typed.validate().map_err(|e| FieldError::new(format!("config.{}", e.field), e.message))?;
+    check_parent_model(&typed, parent)?;
     let columns = columns(&typed, parent);
     Ok(CheckedConfig { kind, config, columns })
 }
@@ -115,6 +116,9 @@ fn typed_config(kind: RunKind, config: &Value) -> Result<RunConfig, FieldError> 
         RunKind::Transfer => RunConfig::Transfer(read(body)?),
         RunKind::Certify => RunConfig::Certify(read(body)?),
         RunKind::Predict => RunConfig::Predict(read(body)?),
+        RunKind::External => {
+            return Err(FieldError::new("config.kind", "external runs are made through the MLflow-compatible API"))
+        }
     })
 }
 
@@ -126,12 +130,58 @@ fn read<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, FieldError> {
     })
 }
 
+/// A certification of a parent's model: its batch within the memory bound of that model's
+/// architecture and dataset (the config alone names neither; the trainer checks it again when it
+/// reads the model).
+fn check_parent_model(config: &RunConfig, parent: Option<&Run>) -> Result<(), FieldError> {
+    let smoothing = match config {
+        RunConfig::Certify(c) => &c.smoothing,
+        RunConfig::Predict(c) => &c.smoothing,
+        RunConfig::Train(_) | RunConfig::Transfer(_) => return Ok(()),
+    };
+    let Some(parent) = parent else { return Ok(()) };
+    let arch = parent.arch.as_deref().and_then(|a| a.parse::<Arch>().ok());
+    let dataset = parent.dataset.as_deref().and_then(|d| d.parse::<Dataset>().ok());
+    if let (Some(arch), Some(dataset)) = (arch, dataset) {
+        smoothing
+            .check_batch_memory("smoothing", arch, dataset)
+            .map_err(|e| FieldError::new(format!("config.{}", e.field), e.message))?;
+    }
+    Ok(())
+}
+
+/// The most parents a run may list (a run has at most one; more are refused before any lookup).
+pub const MAX_PARENTS: usize = 8;
+/// The longest run name, in characters.
+pub const MAX_RUN_NAME_CHARS: usize = 200;
+
+/// `POST /api/v1/runs/{id}/resume`: an optional body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// A new base learning rate (train and transfer runs), e.g. after the loss diverged.
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+impl ResumeRequest {
+    pub fn check(&self, kind: RunKind) -> Result<(), FieldError> {
+        if let Some(lr) = self.lr {
+            if !kind.makes_model() {
+                return Err(FieldError::new("lr", format!("a {kind} run has no learning rate")));
+            }
+            check_lr("lr", lr).map_err(|e| FieldError::new(e.field, e.message))?;
+        }
+        Ok(())
+    }
+}
+
 fn parse_kind(config: &Value) -> Result<RunKind, FieldError> {
-    let allowed = RunKind::ALL.map(RunKind::as_str).join(", ");
+    let allowed = RunKind::TRAINER.map(RunKind::as_str).join(", ");
     let Some(kind) = config.get("kind") else {
         return Err(FieldError::new("config.kind", format!("missing; expected one of {allowed}")));
     };
-    RunKind::ALL
+    RunKind::TRAINER
         .into_iter()
         .find(|k| Some(k.as_str()) == kind.as_str())
         .ok_or_else(|| FieldError::new("config.kind", format!("unknown kind {kind}; expected one of {allowed}")))
@@ -165,6 +215,9 @@ fn check_parents<'a>(kind: RunKind, parents: &'a [Run], config: &Value) -> Resul
         (RunKind::Certify | RunKind::Predict, _) => {
             Err(FieldError::new("parents", format!("a {} run takes exactly one parent: its model", kind.as_str())))
         }
+        (RunKind::External, _) => {
+            Err(FieldError::new("config.kind", "external runs are made through the MLflow-compatible API"))
+        }
     }
 }
 
@@ -192,6 +245,9 @@ fn fill_paths(kind: RunKind, config: &mut Value, parent: Option<&Run>, datasets_
             if let Some(model) = parent {
                 config["model"] = json!({ "source": "dir", "path": model.out_dir });
             }
+        }
+        RunKind::External => {
+            return Err(FieldError::new("config.kind", "external runs are made through the MLflow-compatible API"))
         }
     }
     Ok(())
@@ -238,9 +294,18 @@ fn smoothing_columns(model: &ModelSource, sigma: Option<f64>, inherited: ConfigC
 
 /// A resumable run's config with `resume: true`: every kind resumes. Train and transfer runs
 /// continue from their checkpoint, certify and predict runs from the next image not yet recorded.
-pub fn resume_config(run: &Run) -> Value {
+/// A new learning rate (checked by [`ResumeRequest::check`]) replaces `optim.lr`.
+pub fn resume_config(run: &Run, req: &ResumeRequest) -> Value {
     let mut config = run.config.clone();
     config["resume"] = json!(true);
+    if let Some(lr) = req.lr {
+        match config.get_mut("optim") {
+            Some(Value::Object(optim)) => {
+                optim.insert("lr".into(), json!(lr));
+            }
+            _ => config["optim"] = json!({ "lr": lr }),
+        }
+    }
     config
 }
 
@@ -319,8 +384,37 @@ mod tests {
     fn resume_sets_the_flag() {
         let mut run = parent(1, RunKind::Train);
         run.config = json!({"kind": "train", "resume": false});
-        assert_eq!(resume_config(&run)["resume"], true);
-        assert_eq!(resume_config(&parent(2, RunKind::Certify))["resume"], true);
-        assert_eq!(resume_config(&parent(3, RunKind::Predict))["resume"], true);
+        let none = ResumeRequest::default();
+        assert_eq!(resume_config(&run, &none)["resume"], true);
+        assert_eq!(resume_config(&parent(2, RunKind::Certify), &none)["resume"], true);
+        assert_eq!(resume_config(&parent(3, RunKind::Predict), &none)["resume"], true);
+        assert_eq!(resume_config(&run, &none).get("optim"), None, "no body: the config is unchanged");
+        let lower = ResumeRequest { lr: Some(0.001) };
+        assert_eq!(resume_config(&run, &lower)["optim"]["lr"], 0.001);
+        run.config = json!({"kind": "train", "optim": {"epochs": 3, "lr": 1.0}});
+        assert_eq!(resume_config(&run, &lower)["optim"], json!({"epochs": 3, "lr": 0.001}));
+    }
+
+    #[test]
+    fn a_resume_lr_is_bounded_and_only_for_training() {
+        let req = |lr| ResumeRequest { lr: Some(lr) };
+        assert_eq!(req(1000.0).check(RunKind::Train), Ok(()));
+        assert_eq!(req(1000.5).check(RunKind::Transfer).unwrap_err().field, "lr");
+        assert_eq!(req(0.0).check(RunKind::Train).unwrap_err().field, "lr");
+        assert_eq!(req(f64::NAN).check(RunKind::Train).unwrap_err().field, "lr");
+        assert_eq!(req(0.1).check(RunKind::Certify).unwrap_err().field, "lr");
+        assert_eq!(ResumeRequest::default().check(RunKind::Certify), Ok(()));
+    }
+
+    #[test]
+    fn a_certification_batch_is_bounded_by_its_parent_model() {
+        let cert = |batch: usize| json!({"kind": "certify", "smoothing": {"n0": 50, "n": 500, "batch": batch}});
+        let lenet = parent(3, RunKind::Train);
+        let resnet = Run { arch: Some("resnet110".into()), dataset: Some("cifar10".into()), ..parent(4, RunKind::Train) };
+        let batch = crt_trainer::config::max_cert_batch(Arch::Resnet110, Dataset::Cifar10) + 16;
+        assert!(check_config(&cert(batch), &[lenet], Path::new("/d")).is_ok());
+        let e = check_config(&cert(batch), &[resnet], Path::new("/d")).unwrap_err();
+        assert_eq!(e.field, "config.smoothing.batch");
+        assert!(e.message.contains("resnet110 on cifar10"), "{e}");
     }
 }

@@ -66,7 +66,7 @@ pub async fn upsert_step(
         (0..values.len()).map(|i| format!("($1, ${}, $2, $3, $4, ${})", 5 + 2 * i, 6 + 2 * i)).collect();
     let sql = format!(
         "INSERT INTO metrics (run_id, key, step, epoch, ts, value) VALUES {} \
-         ON CONFLICT (run_id, key, step) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",
+         ON CONFLICT (run_id, key, step, n) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",
         rows.join(", ")
     );
     let mut query = sqlx::query(&sql).bind(run_id).bind(step).bind(epoch).bind(ts);
@@ -126,10 +126,54 @@ pub async fn keys(pool: &AnyPool, run_id: i64) -> anyhow::Result<Vec<String>> {
 
 /// A key's whole history, by step.
 pub async fn history(pool: &AnyPool, run_id: i64, key: &str) -> anyhow::Result<Vec<MetricPoint>> {
-    let rows = sqlx::query("SELECT step, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step")
+    let rows = sqlx::query("SELECT step, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step, n")
         .bind(run_id)
         .bind(key)
         .fetch_all(pool)
         .await?;
     rows.iter().map(point).collect()
+}
+
+/// One value an external client logged (MLflow: every value at a step is kept).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub key: String,
+    pub step: i64,
+    pub ts: f64,
+    pub value: f64,
+}
+
+/// Appends points, never overwriting: each gets the next free `n` at its (key, step). One query
+/// reads the numbers in use, one statement per 500 points inserts.
+pub async fn append(conn: &mut AnyConnection, run_id: i64, points: &[Logged]) -> anyhow::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let (lo, hi) = points.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| (lo.min(p.step), hi.max(p.step)));
+    let mut next: std::collections::HashMap<(String, i64), i64> = std::collections::HashMap::new();
+    let rows = sqlx::query(
+        "SELECT key, step, MAX(n) AS n FROM metrics WHERE run_id = $1 AND step >= $2 AND step <= $3 GROUP BY key, step",
+    )
+    .bind(run_id)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        next.insert((r.try_get("key")?, r.try_get("step")?), r.try_get::<i64, _>("n")? + 1);
+    }
+    for chunk in points.chunks(500) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("($1, ${}, ${}, ${}, ${}, ${})", 2 + 5 * i, 3 + 5 * i, 4 + 5 * i, 5 + 5 * i, 6 + 5 * i))
+            .collect();
+        let sql = format!("INSERT INTO metrics (run_id, key, step, n, ts, value) VALUES {}", rows.join(", "));
+        let mut query = sqlx::query(&sql).bind(run_id);
+        for p in chunk {
+            let n = next.entry((p.key.clone(), p.step)).or_insert(0);
+            query = query.bind(p.key.as_str()).bind(p.step).bind(*n).bind(p.ts).bind(stored(p.value));
+            *n += 1;
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

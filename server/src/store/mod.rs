@@ -11,6 +11,7 @@ pub mod experiments;
 pub mod journal;
 pub mod logs;
 pub mod metrics;
+pub mod mlflow;
 pub mod runs;
 pub mod tokens;
 

@@ -76,6 +76,8 @@ pub struct Run {
     /// The final metrics of a finished run.
     pub summary: Option<Value>,
     pub progress: Option<Progress>,
+    /// When an external client last wrote to this run (MLflow API); None for trainer runs.
+    pub last_write_at: Option<f64>,
 }
 
 impl Run {
@@ -118,6 +120,7 @@ impl Run {
             device: None,
             summary: None,
             progress: None,
+            last_write_at: None,
         }
     }
 }
@@ -136,7 +139,7 @@ const COLUMNS: &str = "r.id, r.experiment_id, r.name, r.kind, r.status, r.config
     r.wall_time_s, r.attempt, r.pid, r.pgid, r.exit_code, r.exit_signal, r.error, r.summary, \
     r.progress_phase, r.progress_done, r.progress_total, r.progress_unit, r.device_request, r.device, \
     r.backend, r.resources, r.handle, r.backend_state, r.events_offset, r.stderr_offset, r.stop_requested_at, \
-    r.terminal";
+    r.terminal, r.last_write_at";
 
 fn json_column(r: &AnyRow, name: &str) -> anyhow::Result<Option<Value>> {
     let text: Option<String> = r.try_get(name)?;
@@ -203,6 +206,7 @@ fn from_row(r: &AnyRow) -> anyhow::Result<Run> {
         },
         stop_requested_at: r.try_get("stop_requested_at")?,
         terminal: r.try_get::<Option<String>, _>("terminal")?.and_then(|t| Terminal::from_column(&t)),
+        last_write_at: r.try_get("last_write_at")?,
     })
 }
 
@@ -364,7 +368,8 @@ pub async fn list(pool: &AnyPool, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
         binds.push(Bind::S(key.clone()));
         sql.push_str(" LEFT JOIN metric_latest ml ON ml.run_id = r.id AND ml.key = $1");
     }
-    let mut conds: Vec<String> = Vec::new();
+    // Runs an MLflow client deleted are out of sight (restorable through that API).
+    let mut conds: Vec<String> = vec!["r.deleted_at IS NULL".to_string()];
     if let Some(id) = f.experiment_id {
         binds.push(Bind::I(id));
         conds.push(format!("r.experiment_id = ${}", binds.len()));
@@ -382,10 +387,8 @@ pub async fn list(pool: &AnyPool, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
             conds.push(format!("r.{column} = ${}", binds.len()));
         }
     }
-    if !conds.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
+    sql.push_str(" WHERE ");
+    sql.push_str(&conds.join(" AND "));
     let dir = if f.descending { "DESC" } else { "ASC" };
     // NULLs last in both directions and both dialects.
     let order = match &f.sort {
@@ -426,7 +429,8 @@ pub async fn with_status(pool: &AnyPool, status: RunStatus) -> anyhow::Result<Ve
 /// Queued runs whose parents have all finished, in queue order, with the device each asks for.
 pub async fn ready(pool: &AnyPool) -> anyhow::Result<Vec<(i64, DeviceRequest)>> {
     sqlx::query(
-        "SELECT r.id, r.device_request FROM runs r WHERE r.status = 'queued' AND r.handle IS NULL AND NOT EXISTS (\
+        "SELECT r.id, r.device_request FROM runs r WHERE r.status = 'queued' AND r.handle IS NULL \
+         AND r.kind <> 'external' AND NOT EXISTS (\
            SELECT 1 FROM run_parents rp JOIN runs p ON p.id = rp.parent_id \
            WHERE rp.run_id = r.id AND p.status <> 'finished') \
          ORDER BY r.queued_at, r.id",
@@ -595,4 +599,15 @@ pub async fn set_progress(conn: &mut AnyConnection, id: i64, p: &Progress) -> an
 pub async fn set_summary(conn: &mut AnyConnection, id: i64, summary: &Value) -> anyhow::Result<()> {
     sqlx::query("UPDATE runs SET summary = $1 WHERE id = $2").bind(summary.to_string()).bind(id).execute(conn).await?;
     Ok(())
+}
+
+/// Queued or running runs of an experiment that a trainer executes (not external ones).
+pub async fn active_trainer_runs(pool: &AnyPool, experiment_id: i64) -> anyhow::Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM runs WHERE experiment_id = $1 AND status IN ('queued', 'running') AND kind <> 'external'",
+    )
+    .bind(experiment_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get("n")?)
 }

@@ -610,3 +610,14 @@ pub async fn assert_stored_equals_log(server: &Server, run: i64) {
     }
     assert_eq!(journal_metrics, metric_events, "journal metrics entries vs event log");
 }
+
+/// The Python of the project's test-tool venv (`scripts/py-venv.sh` makes it; CI runs that first),
+/// or `CRT_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("CRT_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join("target/py-venv/bin/python");
+    assert!(p.is_file(), "{} is missing: run scripts/py-venv.sh first", p.display());
+    p
+}
