@@ -64,6 +64,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   stage "installing ${need_apt[*]}"
   apt-get update -q
@@ -80,6 +81,10 @@ cargo test --workspace --no-run
 stage "datasets"
 target/debug/crt-trainer data fetch mnist --data-dir "$CRT_DATA_DIR"
 target/debug/crt-trainer data fetch fashion-mnist --data-dir "$CRT_DATA_DIR"
+
+# One venv of pinned Python test tools: the real MLflow client (server tests) and schemathesis.
+stage "Python test tools (venv)"
+scripts/py-venv.sh
 
 stage "PostgreSQL"
 eval "$(scripts/ci-postgres.sh)"
@@ -104,6 +109,10 @@ CRT_TEST_DB=sqlite cargo test -p crt-server -- --test-threads 2
 
 stage "server tests (Postgres)"
 CRT_TEST_DB=postgres CRT_TEST_POSTGRES_URL=$pg_url cargo test -p crt-server -- --test-threads 2
+
+# schemathesis against /api/openapi.json (scripts/fuzz.sh): no 5xx, every response as documented.
+stage "API fuzz (schemathesis)"
+scripts/fuzz.sh
 stage_end
 disk "after the tests"
 

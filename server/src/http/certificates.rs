@@ -11,6 +11,11 @@ use super::AppState;
 use crate::certified;
 use crate::store::certificates;
 
+/// The largest page of per-image results (`limit`).
+pub const MAX_CERTIFICATES_PAGE: i64 = 100_000;
+/// The most radii in `radii`.
+pub const MAX_RADII: usize = 100;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CertQuery {
@@ -26,8 +31,11 @@ pub(super) async fn list_certificates(
 ) -> Result<Json<Vec<crt_trainer::events::Certificate>>, ApiError> {
     find_run(&app, id).await?;
     let limit = q.limit.unwrap_or(10_000);
-    if !(1..=100_000).contains(&limit) {
-        return Err(ApiError::bad_param("limit", "must be between 1 and 100000"));
+    if limit < 1 {
+        return Err(ApiError::bad_param("limit", format!("must be between 1 and {MAX_CERTIFICATES_PAGE}")));
+    }
+    if limit > MAX_CERTIFICATES_PAGE {
+        return Err(super::runs::too_large("limit", format!("must be at most {MAX_CERTIFICATES_PAGE} (got {limit})")));
     }
     Ok(Json(certificates::list(&app.store.pool, id, q.after.unwrap_or(-1), limit).await?))
 }
@@ -47,6 +55,12 @@ pub(super) async fn certificate_summary(
     find_run(&app, id).await?;
     let certs = certificates::list(&app.store.pool, id, -1, i64::MAX).await?;
     let radii = match q.radii {
+        Some(list) if list.split(',').count() > MAX_RADII => {
+            return Err(super::runs::too_large(
+                "radii",
+                format!("must list at most {MAX_RADII} radii (got {})", list.split(',').count()),
+            ));
+        }
         Some(list) => list
             .split(',')
             .map(|r| r.trim().parse::<f64>().ok().filter(|r| r.is_finite() && *r >= 0.0))

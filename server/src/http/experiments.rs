@@ -40,6 +40,7 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG_CHARS: usize = 64;
 
 fn check_name(name: &str) -> Result<String, ApiError> {
+    super::extract::no_nul("name", name)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::Invalid {
@@ -51,6 +52,7 @@ fn check_name(name: &str) -> Result<String, ApiError> {
 }
 
 fn check_description(description: &str) -> Result<(), ApiError> {
+    super::extract::no_nul("description", description)?;
     let chars = description.chars().count();
     if chars > MAX_DESCRIPTION_CHARS {
         return Err(ApiError::Invalid {
@@ -71,6 +73,7 @@ fn check_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     tags.iter()
         .enumerate()
         .map(|(i, t)| {
+            super::extract::no_nul(&format!("tags[{i}]"), t)?;
             let t = t.trim();
             if t.is_empty() || t.chars().count() > MAX_TAG_CHARS {
                 Err(ApiError::Invalid {

@@ -18,6 +18,18 @@ pub struct P<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Q<T>(pub T);
 
+/// Text that the database stores may not contain NUL characters (PostgreSQL's `text` cannot hold
+/// them: storing one was an internal error). 422 naming the field.
+pub fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::Invalid {
+            field: field.to_string(),
+            message: "must not contain NUL characters (\\u0000)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A query parameter that must be one of `allowed`.
 pub fn one_of(field: &str, value: Option<String>, allowed: &[&str]) -> Result<Option<String>, ApiError> {
     match value {

@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn origins_are_compared_with_the_host() {
         let host = (header::HOST, "127.0.0.1:8080");
-        assert!(!origin_is_foreign(&headers(&[host.clone()])), "no origin stated: not a browser change");
+        assert!(!origin_is_foreign(&headers(std::slice::from_ref(&host))), "no origin stated: not a browser change");
         assert!(!origin_is_foreign(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:8080")])));
         assert!(origin_is_foreign(&headers(&[host.clone(), (header::ORIGIN, "http://evil.example")])));
         assert!(origin_is_foreign(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:9090")])));

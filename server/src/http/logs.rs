@@ -9,6 +9,9 @@ use super::extract::{find_run, one_of, P, Q};
 use super::AppState;
 use crate::store::logs;
 
+/// The largest page of log lines (`limit`).
+pub const MAX_LOG_PAGE: i64 = 10_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogParams {
@@ -35,8 +38,11 @@ pub(super) async fn run_logs(
 ) -> Result<Json<LogPage>, ApiError> {
     find_run(&app, id).await?;
     let limit = q.limit.unwrap_or(500);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_param("limit", "must be between 1 and 10000"));
+    if limit < 1 {
+        return Err(ApiError::bad_param("limit", format!("must be between 1 and {MAX_LOG_PAGE}")));
+    }
+    if limit > MAX_LOG_PAGE {
+        return Err(super::runs::too_large("limit", format!("must be at most {MAX_LOG_PAGE} (got {limit})")));
     }
     let stream = one_of("stream", q.stream, &["stdout", "stderr", "trainer", "server"])?;
     let query = logs::LogQuery { after: q.after, before: q.before, stream, tail: q.tail, limit };

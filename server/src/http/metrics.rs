@@ -12,6 +12,11 @@ use super::AppState;
 use crate::downsample::downsample;
 use crate::store::metrics::{self, MetricPoint};
 
+/// The most keys in `keys`.
+pub const MAX_KEYS: usize = 100;
+/// The largest `points` (per key).
+pub const MAX_POINTS: usize = 100_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MetricQuery {
@@ -41,6 +46,9 @@ pub(super) async fn metric_history(
     Q(q): Q<MetricQuery>,
 ) -> Result<Json<MetricHistory>, ApiError> {
     find_run(&app, id).await?;
+    if let Some(points) = q.points.filter(|p| *p > MAX_POINTS) {
+        return Err(super::runs::too_large("points", format!("must be at most {MAX_POINTS} (got {points})")));
+    }
     if q.points.is_some_and(|p| p < 3) {
         return Err(ApiError::bad_param(
             "points",
@@ -52,6 +60,9 @@ pub(super) async fn metric_history(
         Some(list) => list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
         None => known.clone(),
     };
+    if keys.len() > MAX_KEYS {
+        return Err(super::runs::too_large("keys", format!("must list at most {MAX_KEYS} keys (got {})", keys.len())));
+    }
     if let Some(unknown) = keys.iter().find(|k| !known.contains(k)) {
         return Err(ApiError::bad_param(
             "keys",

@@ -12,6 +12,8 @@ use serde_json::{json, Map, Value};
 
 use crt_trainer::config::{Arch, Dataset, Method, RunKind};
 
+use super::{certificates, experiments, logs, metrics, runs, tokens, MAX_BODY_BYTES};
+use crate::runs::validate::{MAX_PARENTS, MAX_RUN_NAME_CHARS};
 use crate::runs::RunStatus;
 
 pub async fn document() -> Json<Value> {
@@ -24,6 +26,11 @@ fn schema_ref(name: &str) -> Value {
 
 fn json_body(schema: Value) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+/// A JSON body with an example the fuzzer starts from (a valid request).
+fn json_body_example(schema: Value, example: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema, "example": example } } })
 }
 
 fn ok(description: &str, schema: Value) -> Value {
@@ -51,6 +58,11 @@ fn int64() -> Value {
 
 fn int_range(min: i64, max: i64) -> Value {
     json!({ "type": "integer", "format": "int64", "minimum": min, "maximum": max })
+}
+
+/// A query parameter's upper bounds are answered with 422 (below its lower bound: 400).
+fn bounded(description: &str) -> (&str, Value) {
+    ("422", error(description))
 }
 
 fn op(summary: &str, params: Vec<Value>, body: Option<Value>, responses: Vec<(&str, Value)>) -> Value {
@@ -81,11 +93,7 @@ fn sse(summary: &str, what: &str) -> Value {
         summary,
         vec![
             id_param(what),
-            query(
-                "after",
-                "Send events with a sequence number greater than this (default 0: all)",
-                int64(),
-            ),
+            query("after", "Send events with a sequence number greater than this (default 0: all)", int64()),
             json!({ "name": "Last-Event-ID", "in": "header", "required": false,
                     "description": "Set by reconnecting clients; wins over `after` (400 when not an integer)", "schema": int64() }),
         ],
@@ -117,14 +125,15 @@ fn complete(paths: &mut Map<String, Value>) {
             };
             if takes_body {
                 add("400", error("Malformed JSON, or a malformed path segment or query parameter (`field` names it)"));
-                add("413", error("The body is larger than the server accepts"));
+                add("413", error(&format!("The body is larger than {MAX_BODY_BYTES} bytes")));
                 add("415", error("The body is not `Content-Type: application/json`"));
                 add("422", error("Valid JSON with a wrong, missing or unknown field or value (`field` names it)"));
             } else if takes_params {
                 add("400", error("A malformed path segment, or a bad or unknown query parameter (`field` names it)"));
             }
             if !is_public {
-                let mut unauthorized = error("No valid token (missing, unknown or revoked) where the server requires one");
+                let mut unauthorized =
+                    error("No valid token (missing, unknown or revoked) where the server requires one");
                 unauthorized["headers"] = json!({ "WWW-Authenticate": {
                     "description": "`Bearer`", "schema": { "type": "string" } } });
                 add("401", unauthorized);
@@ -133,7 +142,10 @@ fn complete(paths: &mut Map<String, Value>) {
                     error("The token's scope does not allow this (read < write < admin), or a browser change from a foreign origin"),
                 );
             }
-            add("500", error("Internal error: logged on the server with `error_id`; the message carries no internal detail"));
+            add(
+                "500",
+                error("Internal error: logged on the server with `error_id`; the message carries no internal detail"),
+            );
         }
     }
 }
@@ -153,8 +165,16 @@ pub fn spec() -> Value {
         query("arch", "Model architecture (a certification's is its model's)", enum_of(&archs)),
         query("method", "Training method (transfer: crt or kd)", enum_of(&methods)),
         query("dataset", "Dataset", enum_of(&datasets)),
-        query("sort", "id, name, status, kind, created_at, started_at, finished_at, wall_time_s, sigma, or metric:<key>; prefix '-' for descending", json!({"type": "string"})),
-        query("limit", "1..1000, default 100", int_range(1, 1000)),
+        query(
+            "sort",
+            &format!(
+                "id, name, status, kind, created_at, started_at, finished_at, wall_time_s, sigma, or metric:<key> \
+            (a key of at most {} characters); prefix '-' for descending",
+                runs::MAX_METRIC_KEY_CHARS
+            ),
+            json!({"type": "string", "maxLength": runs::MAX_METRIC_KEY_CHARS + "-metric:".len()}),
+        ),
+        query("limit", &format!("1..{}, default 100", runs::MAX_RUNS_PAGE), int_range(1, runs::MAX_RUNS_PAGE)),
         query("offset", "default 0", json!({ "type": "integer", "format": "int64", "minimum": 0 })),
     ];
     let mut exp_run_filters = vec![id_param("Experiment")];
@@ -168,7 +188,7 @@ pub fn spec() -> Value {
     paths.insert("/api/v1/devices".into(), json!({ "get": op("The CPU and the GPUs (from nvidia-smi, refreshed every 5 s), with the run each GPU is busy with", vec![], None, vec![("200", ok("Devices", schema_ref("Devices")))]) }));
     paths.insert("/api/v1/experiments".into(), json!({
                 "get": op("List experiments", vec![], None, vec![("200", ok("Experiments", json!({"type": "array", "items": schema_ref("Experiment")})))]),
-                "post": op("Create an experiment", vec![], Some(json_body(schema_ref("NewExperiment"))), vec![
+                "post": op("Create an experiment", vec![], Some(json_body_example(schema_ref("NewExperiment"), json!({"name": "CRT on MNIST", "description": "σ = 0.25", "tags": ["mnist"]}))), vec![
                     ("201", ok("Created", schema_ref("Experiment")))]),
             }));
     paths.insert("/api/v1/experiments/{id}".into(), json!({
@@ -179,7 +199,8 @@ pub fn spec() -> Value {
                     ("204", json!({"description": "Deleted"})), ("404", error("Unknown id")), ("409", error("It has queued or running runs"))]),
             }));
     paths.insert("/api/v1/experiments/{id}/runs".into(), json!({
-                "get": op("List an experiment's runs", exp_run_filters, None, vec![("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), ("404", error("Unknown id"))]),
+                "get": op("List an experiment's runs", exp_run_filters, None, vec![("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), ("404", error("Unknown id")),
+                    bounded("limit or the sort key beyond its bound")]),
             }));
     paths.insert(
         "/api/v1/experiments/{id}/events".into(),
@@ -187,9 +208,11 @@ pub fn spec() -> Value {
     );
     paths.insert("/api/v1/runs".into(), json!({
                 "get": op("List runs with filters and sorting", run_filters, None, vec![
-                    ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")})))]),
+                    ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), bounded("limit or the sort key beyond its bound")]),
                 "post": op("Create (queue) a run; the server fills in out_dir, dataset dir, teacher/model and resume", vec![],
-                    Some(json_body(schema_ref("CreateRun"))), vec![
+                    Some(json_body_example(schema_ref("CreateRun"), json!({"experiment_id": 1, "config": {
+                        "kind": "train", "arch": "lenet", "data": {"dataset": "mnist", "train_subset": 2000, "test_subset": 500},
+                        "method": {"name": "gaussian", "sigma": 0.25}, "optim": {"epochs": 1, "batch_size": 128}}}))), vec![
                     ("201", ok("Queued", schema_ref("Run"))),
                     ("422", error("Invalid field: `field` names it, e.g. config.method.sigma"))]),
             }));
@@ -204,15 +227,16 @@ pub fn spec() -> Value {
             }));
     paths.insert("/api/v1/runs/{id}/resume".into(), json!({
                 "post": op("Resume a stopped or crashed run (train/transfer from its checkpoint; certify/predict where it stopped); same id, metrics kept",
-                    vec![id_param("Run")], None, vec![
+                    vec![id_param("Run")], Some(json!({ "required": false, "description": "Optional: no body resumes the run as it was",
+                        "content": { "application/json": { "schema": schema_ref("ResumeRequest"), "example": {"lr": 0.01} } } })), vec![
                     ("202", ok("Queued again", schema_ref("Run"))), ("404", error("Unknown id")), ("409", error("Not resumable"))]),
             }));
     paths.insert("/api/v1/runs/{id}/metrics".into(), json!({
                 "get": op("Metric history, optionally downsampled (each bucket keeps min, max and last)", vec![
                     id_param("Run"),
-                    query("keys", "Comma-separated metric keys (default: all); 400 for a key the run does not have", json!({"type": "string"})),
-                    query("points", "At most this many points per key (>= 3; default: all)", json!({"type": "integer", "format": "int64", "minimum": 3})),
-                ], None, vec![("200", ok("History", schema_ref("MetricHistory"))), ("404", error("Unknown id"))]),
+                    query("keys", &format!("Comma-separated metric keys, at most {} (default: all); 400 for a key the run does not have", metrics::MAX_KEYS), json!({"type": "string"})),
+                    query("points", &format!("At most this many points per key (3..{}; default: all)", metrics::MAX_POINTS), int_range(3, metrics::MAX_POINTS as i64)),
+                ], None, vec![("200", ok("History", schema_ref("MetricHistory"))), ("404", error("Unknown id")), bounded("points or the number of keys beyond its bound")]),
             }));
     paths.insert("/api/v1/runs/{id}/logs".into(), json!({
                 "get": op("Log lines (stdout, stderr, trainer log events, server notes), paged by id", vec![
@@ -221,8 +245,8 @@ pub fn spec() -> Value {
                     query("before", "Lines with id less than this", int64()),
                     query("stream", "stdout, stderr, trainer or server", enum_of(&["stdout", "stderr", "trainer", "server"])),
                     query("tail", "The newest lines instead of the oldest", json!({"type": "boolean"})),
-                    query("limit", "1..10000, default 500", int_range(1, 10_000)),
-                ], None, vec![("200", ok("A page of lines", schema_ref("LogPage"))), ("404", error("Unknown id"))]),
+                    query("limit", &format!("1..{}, default 500", logs::MAX_LOG_PAGE), int_range(1, logs::MAX_LOG_PAGE)),
+                ], None, vec![("200", ok("A page of lines", schema_ref("LogPage"))), ("404", error("Unknown id")), bounded("limit beyond its bound")]),
             }));
     paths.insert("/api/v1/runs/{id}/artifacts".into(), json!({
                 "get": op("Files the run wrote, with size and sha256", vec![id_param("Run")], None, vec![
@@ -237,43 +261,50 @@ pub fn spec() -> Value {
                     ("200", json!({"description": "The file; its Content-Type follows its extension (application/octet-stream when unknown)",
                         "headers": { "Content-Length": { "required": true, "schema": { "type": "integer" } },
                                      "Content-Disposition": { "schema": { "type": "string" } } },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})),
+                        // Any file the run wrote: no schema (OpenAPI 3.1's way to say "these bytes, whatever they are").
+                        "content": {"*/*": {}}})),
                     ("404", error("Unknown run, or an artifact the run does not have (or no longer has on disk)"))]),
             }));
     paths.insert("/api/v1/runs/{id}/certificates".into(), json!({
                 "get": op("Per-image certification results, by image index", vec![
                     id_param("Run"),
                     query("after", "Images with index greater than this (default -1: all)", int64()),
-                    query("limit", "1..100000, default 10000", int_range(1, 100_000)),
-                ], None, vec![("200", ok("Results", json!({"type": "array", "items": schema_ref("Certificate")}))), ("404", error("Unknown id"))]),
+                    query("limit", &format!("1..{}, default 10000", certificates::MAX_CERTIFICATES_PAGE), int_range(1, certificates::MAX_CERTIFICATES_PAGE)),
+                ], None, vec![("200", ok("Results", json!({"type": "array", "items": schema_ref("Certificate")}))), ("404", error("Unknown id")), bounded("limit beyond its bound")]),
             }));
     paths.insert("/api/v1/runs/{id}/certificates/summary".into(), json!({
                 "get": op("Certified accuracy by radius and average certified radius (ACR)", vec![
                     id_param("Run"),
-                    query("radii", "Comma-separated radii >= 0 (default 0, 0.25, … up to the largest radius, at least 1)", json!({"type": "string"})),
-                ], None, vec![("200", ok("Summary", schema_ref("CertSummary"))), ("404", error("Unknown id"))]),
+                    query("radii", &format!("Comma-separated radii >= 0, at most {} (default 0, 0.25, … up to the largest radius, at least 1)", certificates::MAX_RADII),
+                        json!({"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(,[0-9]+(\\.[0-9]+)?)*$", "example": "0,0.25,0.5"})),
+                ], None, vec![("200", ok("Summary", schema_ref("CertSummary"))), ("404", error("Unknown id")), bounded("More radii than allowed")]),
             }));
     paths.insert("/api/v1/runs/{id}/events".into(), json!({ "get": sse("Live events of one run (SSE)", "Run") }));
     paths.insert("/api/v1/studies".into(), json!({
                 "post": op("Create a CRT study: an experiment with a teacher, a CRT student and a baseline per student architecture, and a certification of each model",
-                    vec![], Some(json_body(schema_ref("NewStudy"))), vec![("201", ok("Created", schema_ref("StudyCreated")))]),
+                    vec![], Some(json_body_example(schema_ref("NewStudy"), json!({"name": "CRT on MNIST", "dataset": "mnist",
+                        "teacher": {"arch": "lenet", "method": {"name": "gaussian", "sigma": 0.25}, "epochs": 1},
+                        "students": ["mlp"], "train_subset": 2000, "test_subset": 500, "certify": {"n0": 100, "n": 1000, "max": 100}}))), vec![("201", ok("Created", schema_ref("StudyCreated")))]),
             }));
     paths.insert("/api/v1/studies/{id}".into(), json!({
                 "get": op("A study's comparison table (certified accuracy, ACR, wall time, speedup)", vec![id_param("Study (its experiment)")], None, vec![
                     ("200", ok("The table", schema_ref("StudyTable"))), ("404", error("No such experiment, or it is not a CRT study"))]),
             }));
-    paths.insert("/api/v1/studies/{id}/table.csv".into(), json!({
-                "get": op("A study's comparison table as CSV", vec![id_param("Study (its experiment)")], None, vec![
-                    ("200", json!({"description": "CSV, one row per model",
-                        "headers": { "Content-Disposition": { "schema": { "type": "string" } } },
-                        "content": {"text/csv": {"schema": {"type": "string"}}}})),
-                    ("404", error("No such experiment, or it is not a CRT study"))]),
-            }));
+    paths.insert(
+        "/api/v1/studies/{id}/table.csv".into(),
+        json!({
+            "get": op("A study's comparison table as CSV", vec![id_param("Study (its experiment)")], None, vec![
+                ("200", json!({"description": "CSV, one row per model",
+                    "headers": { "Content-Disposition": { "schema": { "type": "string" } } },
+                    "content": {"text/csv": {"schema": {"type": "string"}}}})),
+                ("404", error("No such experiment, or it is not a CRT study"))]),
+        }),
+    );
     paths.insert("/api/v1/tokens".into(), json!({
                 "get": op("List API tokens, revoked ones included (admin scope); secrets are never shown again", vec![], None, vec![
                     ("200", ok("Tokens", json!({"type": "array", "items": schema_ref("Token")})))]),
                 "post": op("Create an API token (admin scope); the response holds its secret, shown only this once", vec![],
-                    Some(json_body(schema_ref("NewToken"))), vec![("201", ok("Created", schema_ref("CreatedToken")))]),
+                    Some(json_body_example(schema_ref("NewToken"), json!({"name": "ci", "scope": "read"}))), vec![("201", ok("Created", schema_ref("CreatedToken")))]),
             }));
     paths.insert("/api/v1/tokens/{id}".into(), json!({
                 "delete": op("Revoke a token (admin scope): it and its browser sessions stop working at once", vec![id_param("Token")], None, vec![
@@ -307,6 +338,11 @@ pub fn spec() -> Value {
 }
 
 fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str]) -> Value {
+    let name = json!({ "type": "string", "minLength": 1, "maxLength": experiments::MAX_NAME_CHARS,
+        "description": format!("1 to {} characters after trimming", experiments::MAX_NAME_CHARS) });
+    let description = json!({ "type": "string", "maxLength": experiments::MAX_DESCRIPTION_CHARS });
+    let tags = json!({ "type": "array", "maxItems": experiments::MAX_TAGS,
+        "items": { "type": "string", "minLength": 1, "maxLength": experiments::MAX_TAG_CHARS } });
     let num = json!({"type": "number"});
     let int = json!({"type": "integer"});
     let str_ = json!({"type": "string"});
@@ -324,16 +360,12 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
     s.insert(
         "NewExperiment".into(),
         json!({ "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 200, "description": "1 to 200 characters after trimming" },
-            "description": str_,
-            "tags": { "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 64 } } } }),
+            "name": name, "description": description, "tags": tags } }),
     );
     s.insert(
         "ExperimentPatch".into(),
         json!({ "type": "object", "additionalProperties": false, "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 200 },
-            "description": str_,
-            "tags": { "type": "array", "items": { "type": "string", "minLength": 1, "maxLength": 64 } } } }),
+            "name": name, "description": description, "tags": tags } }),
     );
     s.insert("Experiment".into(), json!({ "type": "object",
             "required": ["id", "name", "description", "tags", "created_at", "updated_at", "run_counts"], "properties": {
@@ -343,13 +375,16 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
             "last_seq": { "type": "integer", "description": "Newest event sequence number (single experiment only)" } } }));
     s.insert("CreateRun".into(), json!({ "type": "object", "required": ["experiment_id", "config"], "additionalProperties": false, "properties": {
             "experiment_id": int,
-            "name": { "type": "string", "description": "Default: '<kind> <arch> <method> <dataset> #<id>'" },
-            "parents": { "type": "array", "items": int, "description": "transfer: [teacher run]; certify/predict: [model run]; train: []" },
+            "name": { "type": "string", "maxLength": MAX_RUN_NAME_CHARS, "description": "Default: '<kind> <arch> <method> <dataset> #<id>'" },
+            "parents": { "type": "array", "items": int, "maxItems": MAX_PARENTS, "description": "transfer: [teacher run]; certify/predict: [model run]; train: []" },
             "config": schema_ref("RunConfig"),
             "device": { "type": ["string", "null"], "pattern": "^(auto|cpu|gpu|cuda:[0-9]+)$",
                 "description": "auto (default: a GPU if the server has any, waiting for a free one; else the CPU), cpu, gpu (the first free GPU) or cuda:N (nvidia-smi's index N). One run per GPU at a time. 422 with field `device` when no such GPU is detected. On Slurm: gpu/cuda:N ask for --gres=gpu:1" },
             "backend": { "type": ["string", "null"], "enum": ["local", "slurm", null], "description": "Where the run executes (default: the server's --backend)" },
             "slurm": schema_ref("SlurmResources") } }));
+    s.insert("ResumeRequest".into(), json!({ "type": "object", "additionalProperties": false, "properties": {
+            "lr": { "type": ["number", "null"], "exclusiveMinimum": 0, "maximum": crt_trainer::config::MAX_LR,
+                "description": "A new base learning rate (train and transfer runs), e.g. after the loss diverged" } } }));
     s.insert("SlurmResources".into(), json!({ "type": ["object", "null"], "additionalProperties": false,
             "description": "Slurm resources (backend slurm only); gaps filled from the server's --slurm-* defaults",
             "properties": {
@@ -388,13 +423,31 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
     if let Some(run) = s.get_mut("Run").and_then(Value::as_object_mut) {
         if let Some(Value::Object(props)) = run.get_mut("properties") {
             props.insert("backend".into(), json!({ "type": "string", "enum": ["local", "slurm"] }));
-            props.insert("resources".into(), json!({ "anyOf": [{ "type": "null" }, schema_ref("SlurmResources")],
-                "description": "The Slurm resources the run asked for (null: the server's defaults)" }));
+            props.insert(
+                "resources".into(),
+                json!({ "anyOf": [{ "type": "null" }, schema_ref("SlurmResources")],
+                "description": "The Slurm resources the run asked for (null: the server's defaults)" }),
+            );
             props.insert("handle".into(), json!({ "type": ["object", "null"], "required": ["backend"], "description": "The current attempt: {backend: local, pid, attempt_dir} or {backend: slurm, job_id, attempt_dir}" }));
             props.insert("backend_state".into(), json!({ "type": ["object", "null"], "description": "What the backend last said: {state: PENDING, reason} or {state: RUNNING, job_id?, node?, pid?}" }));
             props.insert("stop_requested_at".into(), opt("number"));
+            props.insert(
+                "params".into(),
+                json!({ "type": "object", "additionalProperties": { "type": "string" },
+                "description": "External runs (MLflow clients): their params" }),
+            );
+            props.insert(
+                "tags".into(),
+                json!({ "type": "object", "additionalProperties": { "type": "string" },
+                "description": "External runs (MLflow clients): their tags" }),
+            );
+            props.insert(
+                "last_write_at".into(),
+                json!({ "type": ["number", "null"], "description": "External runs: when the client last wrote" }),
+            );
         }
-        let required: Vec<Value> = run["properties"].as_object().expect("Run properties").keys().map(|k| json!(k)).collect();
+        let required: Vec<Value> =
+            run["properties"].as_object().expect("Run properties").keys().map(|k| json!(k)).collect();
         run.insert("required".into(), Value::Array(required));
     }
     s.insert("Devices".into(), json!({ "type": "object", "required": ["cpu", "gpus", "gpu_error", "slurm"], "properties": {
@@ -514,7 +567,7 @@ fn study_schemas(s: &mut Map<String, Value>, archs: &[&str], datasets: &[&str]) 
             "curves": { "type": "array", "items": { "type": "object", "required": ["role", "points"], "properties": {
                 "role": { "type": "string" },
                 "points": { "type": "array", "description": "(radius, certified accuracy) by increasing radius",
-                    "items": { "type": "array", "prefixItems": [{ "type": "number" }, { "type": "number" }], "minItems": 2, "maxItems": 2 } } } } },
+                    "items": { "type": "array", "items": { "type": "number" }, "minItems": 2, "maxItems": 2 } } } } },
             "done": { "type": "boolean", "description": "Every run has ended" } } }));
 }
 
@@ -529,7 +582,8 @@ fn token_schemas(s: &mut Map<String, Value>) {
     s.insert(
         "NewToken".into(),
         json!({ "type": "object", "required": ["name", "scope"], "additionalProperties": false, "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 100, "description": "1 to 100 characters after trimming" },
+            "name": { "type": "string", "minLength": 1, "maxLength": tokens::MAX_TOKEN_NAME,
+                "description": format!("1 to {} characters after trimming", tokens::MAX_TOKEN_NAME) },
             "scope": scope } }),
     );
     s.insert(

@@ -270,6 +270,9 @@ fn parse_sort(sort: &str) -> Result<(SortKey, bool), ApiError> {
         if metric.is_empty() {
             return Err(ApiError::bad_param("sort", "metric:<key> needs a metric key, e.g. metric:test/acc"));
         }
+        if metric.contains('\0') {
+            return Err(ApiError::bad_param("sort", "the metric key must not contain NUL characters"));
+        }
         return Ok((SortKey::Metric(metric.to_string()), descending));
     }
     match runs::SORT_COLUMNS.iter().find(|c| **c == key) {
@@ -314,6 +317,9 @@ pub(super) async fn create_run(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<CreateRunRequest>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    if let Some(name) = &req.name {
+        super::extract::no_nul("name", name)?;
+    }
     let run = app.manager.create(req).await?;
     Ok((StatusCode::CREATED, Json(run_view(&app, run).await?)))
 }
@@ -336,8 +342,15 @@ pub(super) async fn resume_run(
     State(app): State<AppState>,
     P(id): P<i64>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    // A body over the limit is a JSON 413 like everywhere else (axum's own answer is plain text).
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES))
+        }
+        _ => ApiError::BadRequest { message: format!("cannot read the request body: {}", e.body_text()), field: None },
+    })?;
     let req = resume_request(&headers, &body)?;
     let run = app.manager.resume(id, &req).await?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&app, run).await?)))
@@ -413,6 +426,9 @@ mod tests {
             "makes_model",
             "resumable",
             "last_seq",
+            "params",
+            "tags",
+            "last_write_at",
         ];
         let mut keys_sorted = keys.clone();
         keys_sorted.sort_unstable();

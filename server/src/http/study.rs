@@ -16,8 +16,42 @@ pub(super) async fn create(
     State(app): State<AppState>,
     JsonBody(req): JsonBody<StudyRequest>,
 ) -> Result<Response, ApiError> {
+    super::extract::no_nul("name", &req.name)?;
+    check_bounds(&req)?;
     let created = study::create(&app.manager, &req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// The study's sizes against the bounds of the runs it makes (the shared config bounds), named
+/// by the study's own fields; each run's config is checked again, fully, when it is created.
+fn check_bounds(req: &StudyRequest) -> Result<(), ApiError> {
+    use crt_trainer::config::{MAX_BATCH_SIZE, MAX_EPOCHS};
+    let invalid = |field: &str, message: String| ApiError::Invalid { field: field.into(), message };
+    let at_most = |field: &str, value: usize, max: usize| {
+        if value > max {
+            Err(invalid(field, format!("must be at most {max} (got {value})")))
+        } else {
+            Ok(())
+        }
+    };
+    let chars = req.name.trim().chars().count();
+    if chars > super::experiments::MAX_NAME_CHARS {
+        let max = super::experiments::MAX_NAME_CHARS;
+        return Err(invalid("name", format!("must be 1 to {max} characters (got {chars})")));
+    }
+    at_most("teacher.epochs", req.teacher.epochs, MAX_EPOCHS)?;
+    at_most("transfer.epochs", req.transfer.epochs.unwrap_or(0), MAX_EPOCHS)?;
+    at_most("teacher.batch_size", req.teacher.batch_size.unwrap_or(0), MAX_BATCH_SIZE)?;
+    at_most("train_subset", req.train_subset.unwrap_or(0), req.dataset.train_len())?;
+    at_most("test_subset", req.test_subset.unwrap_or(0), req.dataset.test_len())?;
+    if let Some(lr) = req.teacher.lr {
+        crt_trainer::config::check_lr("teacher.lr", lr).map_err(|e| invalid(&e.field, e.message))?;
+    }
+    // Every model of the study (teacher, students, baselines) is certified with one batch.
+    for arch in std::iter::once(req.teacher.arch).chain(req.students.iter().copied()) {
+        req.certify.check_batch_memory("certify", arch, req.dataset).map_err(|e| invalid(&e.field, e.message))?;
+    }
+    Ok(())
 }
 
 async fn load(app: &AppState, id: i64) -> Result<StudyTable, ApiError> {

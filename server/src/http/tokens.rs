@@ -53,6 +53,9 @@ pub(super) async fn revoke(State(app): State<AppState>, P(id): P<i64>) -> Result
 
 /// A token's name: 1 to `MAX_TOKEN_NAME` characters after trimming.
 pub fn check_name(name: &str) -> Result<&str, String> {
+    if name.contains('\0') {
+        return Err("must not contain NUL characters (\\u0000)".into());
+    }
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_TOKEN_NAME {

@@ -42,7 +42,7 @@ async fn resolve(app: &AppState, path: &str, writable: bool) -> MlResult<(MlRun,
         return Err(MlflowError::not_found(format!("run {run_id} is not in experiment {exp}")));
     }
     let rel = Path::new(rest);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+    if rest.contains('\0') || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(MlflowError::invalid(format!("invalid artifact path '{rest}': it must stay inside the run")));
     }
     Ok((run, rel.to_path_buf()))

@@ -36,6 +36,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MlJson<T> {
             }
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        // Postgres cannot store NUL in text: refuse it here, for every field at once.
+        if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+            return Err(MlflowError::invalid("strings must not contain NUL characters (\\u0000)"));
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let inner = e.inner().to_string();
@@ -58,6 +62,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for MlQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
+        if query.contains("%00") {
+            return Err(MlflowError::invalid("query parameters must not contain NUL characters"));
+        }
         serde_urlencoded::from_str(query)
             .map(MlQuery)
             .map_err(|e| MlflowError::invalid(format!("invalid query string: {e}")))

@@ -410,7 +410,8 @@ mod tests {
     fn a_certification_batch_is_bounded_by_its_parent_model() {
         let cert = |batch: usize| json!({"kind": "certify", "smoothing": {"n0": 50, "n": 500, "batch": batch}});
         let lenet = parent(3, RunKind::Train);
-        let resnet = Run { arch: Some("resnet110".into()), dataset: Some("cifar10".into()), ..parent(4, RunKind::Train) };
+        let resnet =
+            Run { arch: Some("resnet110".into()), dataset: Some("cifar10".into()), ..parent(4, RunKind::Train) };
         let batch = crt_trainer::config::max_cert_batch(Arch::Resnet110, Dataset::Cifar10) + 16;
         assert!(check_config(&cert(batch), &[lenet], Path::new("/d")).is_ok());
         let e = check_config(&cert(batch), &[resnet], Path::new("/d")).unwrap_err();

@@ -52,3 +52,13 @@ pub async fn list(pool: &AnyPool, run_id: i64) -> anyhow::Result<Vec<Artifact>> 
 pub async fn get(pool: &AnyPool, run_id: i64, path: &str) -> anyhow::Result<Option<Artifact>> {
     Ok(list(pool, run_id).await?.into_iter().find(|a| a.path == path))
 }
+
+/// Whether the trainer reported a checkpoint for the run (train and transfer runs write one at
+/// the end of every epoch and when stopped); a failed run with one can be resumed.
+pub async fn has_checkpoint(pool: &AnyPool, run_id: i64) -> anyhow::Result<bool> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM artifacts WHERE run_id = $1 AND kind = 'checkpoint'")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
+}

@@ -72,7 +72,9 @@ pub async fn get(pool: &AnyPool, id: i64) -> anyhow::Result<Option<Experiment>> 
 }
 
 pub async fn list(pool: &AnyPool) -> anyhow::Result<Vec<Experiment>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM experiments WHERE deleted_at IS NULL ORDER BY id")).fetch_all(pool).await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM experiments WHERE deleted_at IS NULL ORDER BY id"))
+        .fetch_all(pool)
+        .await?;
     let mut counts = run_counts(pool, None).await?;
     rows.iter()
         .map(|r| {

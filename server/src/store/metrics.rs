@@ -126,11 +126,12 @@ pub async fn keys(pool: &AnyPool, run_id: i64) -> anyhow::Result<Vec<String>> {
 
 /// A key's whole history, by step.
 pub async fn history(pool: &AnyPool, run_id: i64, key: &str) -> anyhow::Result<Vec<MetricPoint>> {
-    let rows = sqlx::query("SELECT step, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step, n")
-        .bind(run_id)
-        .bind(key)
-        .fetch_all(pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT step, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 ORDER BY step, n")
+            .bind(run_id)
+            .bind(key)
+            .fetch_all(pool)
+            .await?;
     rows.iter().map(point).collect()
 }
 

@@ -50,6 +50,10 @@ impl Job {
         ctx: &Context,
     ) -> anyhow::Result<Self> {
         let (model, trained_sigma) = load_model(source, &ctx.device)?;
+        // A model directory names its architecture only now: the batch's memory bound for it.
+        smoothing
+            .check_batch_memory("smoothing", model.arch, model.dataset)
+            .map_err(|e| anyhow::anyhow!("{} (--batch): {} (model {})", e.field, e.message, source_name(source)))?;
         let sigma = resolve_sigma(smoothing.sigma, trained_sigma, source)?;
         if let (Some(given), Some(trained)) = (smoothing.sigma, trained_sigma) {
             if given != trained {

@@ -65,6 +65,8 @@ pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
     let base_lr = job.optim.lr.context("optim.lr: not resolved")?;
     let mut optimizer = Sgd::new(job.model.trainable_vars(), base_lr, job.optim.momentum, job.optim.weight_decay);
     let (mut pos, elapsed_before) = restore(job, &mut optimizer, ctx)?;
+    // The step of the newest checkpoint on disk (the one a diverged run resumes from).
+    let mut checkpoint_step = (job.resume && pos.step > 0).then_some(pos.step);
     let session = Instant::now();
     let elapsed = || elapsed_before + session.elapsed().as_secs_f64();
     let steps_per_epoch = job.train.len().div_ceil(job.optim.batch_size);
@@ -89,19 +91,25 @@ pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
             let mut rng = step_rng(job.seed, pos.step);
             let input = StepInput { images: &batch.images, labels: &batch.labels, epoch: pos.epoch, rng: &mut rng };
             let out = job.objective.loss(job.model, input)?;
-            optimizer.step(&out.loss.backward()?)?;
             let loss = window.add(&out, &batch.labels)?;
-            epoch_loss = (epoch_loss.0 + loss, epoch_loss.1 + 1);
             pos.batch += 1;
             pos.step += 1;
+            let epoch_frac = pos.epoch as f64 + pos.batch as f64 / steps_per_epoch as f64;
+            if !loss.is_finite() {
+                // Stop at once: report the non-finite value, write no checkpoint from these weights.
+                ctx.reporter.metrics(pos.step, Some(epoch_frac), &window.take(lr));
+                return Err(diverged(job, loss, pos, steps_per_epoch, base_lr, lr, checkpoint_step));
+            }
+            optimizer.step(&out.loss.backward()?)?;
+            epoch_loss = (epoch_loss.0 + loss, epoch_loss.1 + 1);
             if pos.step % LOG_EVERY == 0 || pos.batch == steps_per_epoch {
-                let epoch_frac = pos.epoch as f64 + pos.batch as f64 / steps_per_epoch as f64;
                 ctx.reporter.metrics(pos.step, Some(epoch_frac), &window.take(lr));
             }
             ctx.reporter.progress("train", pos.step, total_steps, "steps");
         }
         pos = Position { epoch: pos.epoch + 1, batch: 0, step: pos.step };
         let path = save_checkpoint(job, &optimizer, pos, elapsed(), ctx)?;
+        checkpoint_step = Some(pos.step);
         let Some(acc) = evaluate(job, pos.epoch - 1, ctx)? else {
             return Ok(Fit::Stopped { checkpoint: path });
         };
@@ -125,6 +133,39 @@ pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
         metrics.insert("train/loss".into(), loss);
     }
     Ok(Fit::Finished { metrics, elapsed_s: elapsed() })
+}
+
+/// The error of a run whose loss became non-finite: the step, the value and the remedy.
+fn diverged(
+    job: &Job,
+    loss: f64,
+    pos: Position,
+    steps_per_epoch: usize,
+    base_lr: f64,
+    lr: f64,
+    checkpoint_step: Option<u64>,
+) -> anyhow::Error {
+    let value = if loss.is_nan() {
+        "NaN"
+    } else if loss > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    };
+    let (remedy, kept) = match checkpoint_step {
+        Some(step) => ("resume", format!("the last good checkpoint (step {step}) is kept")),
+        None => ("run it again", "no checkpoint had been written yet".to_string()),
+    };
+    let in_force = if lr == base_lr { String::new() } else { format!(", {lr} in force with the schedule") };
+    anyhow::anyhow!(
+        "loss became {value} at step {} (epoch {} of {}, batch {} of {steps_per_epoch}): training diverged; \
+         {remedy} with a lower learning rate, e.g. lr {} (this run's lr is {base_lr}{in_force}); {kept}",
+        pos.step,
+        pos.epoch + 1,
+        job.optim.epochs,
+        pos.batch,
+        base_lr / 10.0,
+    )
 }
 
 /// Loads the checkpoint when resuming; returns the position and the training time already spent.
