@@ -23,6 +23,7 @@ use crt_trainer::events::{Event, EventLine};
 
 use crate::store::artifacts::Artifact;
 use crate::store::metrics::{self, Logged, MetricPoint};
+use crate::store::mlflow::KvTable;
 use crate::store::runs::Progress;
 use crate::store::{self, Store, WriteTx};
 
@@ -142,11 +143,11 @@ impl Recorder {
                     logged.push(point.clone());
                 }
                 Incoming::Param { key, value } => {
-                    store::mlflow::upsert_param(w.conn(), self.run_id, key, value).await?;
+                    store::mlflow::upsert(w.conn(), KvTable::Params, self.run_id, key, value).await?;
                     external = true;
                 }
                 Incoming::Tag { key, value } => {
-                    store::mlflow::upsert_tag(w.conn(), self.run_id, key, value).await?;
+                    store::mlflow::upsert(w.conn(), KvTable::Tags, self.run_id, key, value).await?;
                     external = true;
                 }
                 Incoming::DeleteTag { key } => {

@@ -180,7 +180,8 @@ impl RunView {
         let metrics = metrics::latest(pool, run.id).await?;
         let resumable = crate::runs::resumable(pool, &run).await?;
         let (params, tags) = if run.kind == RunKind::External {
-            crate::store::mlflow::params_and_tags(pool, run.id).await?
+            use crate::store::mlflow::{key_values, KvTable};
+            (key_values(pool, KvTable::Params, run.id).await?, key_values(pool, KvTable::Tags, run.id).await?)
         } else {
             Default::default()
         };

@@ -11,8 +11,8 @@ use crate::http::AppState;
 use crate::store::experiments;
 use crate::store::mlflow::{self as ml, MlExperiment, DEFAULT_EXPERIMENT};
 
-/// The longest experiment name (as for the rest of the API).
-const MAX_EXPERIMENT_NAME: usize = 500;
+/// The longest experiment name: the bound of the rest of the API.
+use crate::http::experiments::MAX_NAME_CHARS as MAX_EXPERIMENT_NAME;
 
 fn to_json(e: &MlExperiment) -> ExperimentJson {
     ExperimentJson {

@@ -12,7 +12,7 @@ use super::protocol::{
     MAX_BATCH_TAGS, MAX_BATCH_TOTAL, MAX_HISTORY_PAGE, MAX_PARAM_VALUE_CHARS,
 };
 use super::runs::{check_tag, find, find_writable, recorder};
-use super::{double, int64, MlJson, MlQuery};
+use super::{double, int64, run_id_param, MlJson, MlQuery};
 use crate::http::AppState;
 use crate::record::Incoming;
 use crate::store::metrics::{value_json, Logged};
@@ -52,13 +52,6 @@ pub struct TagReq {
     pub value: String,
 }
 
-fn run_id(run_id: Option<String>, run_uuid: Option<String>) -> MlResult<String> {
-    run_id
-        .filter(|s| !s.is_empty())
-        .or(run_uuid.filter(|s| !s.is_empty()))
-        .ok_or_else(|| MlflowError::invalid("Missing value for required parameter 'run_id'"))
-}
-
 #[derive(Debug, Deserialize)]
 pub struct LogMetric {
     run_id: Option<String>,
@@ -68,7 +61,7 @@ pub struct LogMetric {
 }
 
 pub async fn log_metric(State(app): State<AppState>, MlJson(req): MlJson<LogMetric>) -> MlResult<Json<Value>> {
-    let run = find_writable(&app, &run_id(req.run_id, req.run_uuid)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, req.run_uuid)?).await?;
     recorder(&app, &run).record(&[req.metric.logged()?], None).await?;
     Ok(Json(json!({})))
 }
@@ -83,7 +76,7 @@ pub struct LogParam {
 
 /// MLflow refuses to change a logged param; logging the same value again is fine.
 async fn checked_params(app: &AppState, run_id: i64, params: &[ParamReq]) -> MlResult<Vec<Incoming>> {
-    let existing = ml::params(&app.store.pool, run_id).await?;
+    let existing = ml::key_values(&app.store.pool, ml::KvTable::Params, run_id).await?;
     let mut out = Vec::with_capacity(params.len());
     for p in params {
         check_key("param", &p.key)?;
@@ -100,7 +93,7 @@ async fn checked_params(app: &AppState, run_id: i64, params: &[ParamReq]) -> MlR
 }
 
 pub async fn log_param(State(app): State<AppState>, MlJson(req): MlJson<LogParam>) -> MlResult<Json<Value>> {
-    let run = find_writable(&app, &run_id(req.run_id, req.run_uuid)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, req.run_uuid)?).await?;
     let batch = checked_params(&app, run.id, std::slice::from_ref(&req.param)).await?;
     recorder(&app, &run).record(&batch, None).await?;
     Ok(Json(json!({})))
@@ -115,7 +108,7 @@ pub struct SetTag {
 }
 
 pub async fn set_tag(State(app): State<AppState>, MlJson(req): MlJson<SetTag>) -> MlResult<Json<Value>> {
-    let run = find_writable(&app, &run_id(req.run_id, req.run_uuid)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, req.run_uuid)?).await?;
     check_tag(&req.tag.key, &req.tag.value)?;
     recorder(&app, &run).record(&[Incoming::Tag { key: req.tag.key, value: req.tag.value }], None).await?;
     Ok(Json(json!({})))
@@ -128,7 +121,7 @@ pub struct DeleteTag {
 }
 
 pub async fn delete_tag(State(app): State<AppState>, MlJson(req): MlJson<DeleteTag>) -> MlResult<Json<Value>> {
-    let run = find_writable(&app, &run_id(req.run_id, None)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, None)?).await?;
     if !run.tags.contains_key(&req.key) {
         return Err(MlflowError::not_found(format!("No tag with name: {} in run with id {}", req.key, run.id)));
     }
@@ -155,7 +148,7 @@ pub async fn log_batch(State(app): State<AppState>, MlJson(req): MlJson<LogBatch
              {MAX_BATCH_TAGS} tags ({MAX_BATCH_TOTAL} in all); got {m} metrics, {p} params and {t} tags"
         )));
     }
-    let run = find_writable(&app, &run_id(req.run_id, None)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, None)?).await?;
     let mut batch = checked_params(&app, run.id, &req.params).await?;
     for tag in &req.tags {
         check_tag(&tag.key, &tag.value)?;
@@ -182,7 +175,7 @@ pub async fn log_inputs(State(app): State<AppState>, MlJson(req): MlJson<LogInpu
     if req.datasets.len() > MAX_INPUTS {
         return Err(MlflowError::invalid(format!("at most {MAX_INPUTS} dataset inputs per request")));
     }
-    let run = find_writable(&app, &run_id(req.run_id, None)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, None)?).await?;
     let batch: Vec<Incoming> = req.datasets.into_iter().map(Incoming::Input).collect();
     recorder(&app, &run).record(&batch, None).await?;
     Ok(Json(json!({})))
@@ -199,7 +192,7 @@ pub struct HistoryReq {
 }
 
 pub async fn history(State(app): State<AppState>, MlQuery(q): MlQuery<HistoryReq>) -> MlResult<Json<Value>> {
-    let run = find(&app, &run_id(q.run_id, q.run_uuid)?).await?;
+    let run = find(&app, &run_id_param(q.run_id, q.run_uuid)?).await?;
     let key = q.metric_key.ok_or_else(|| MlflowError::invalid("Missing value for required parameter 'metric_key'"))?;
     let max = q.max_results.unwrap_or(MAX_HISTORY_PAGE as i64);
     if !(1..=MAX_HISTORY_PAGE as i64).contains(&max) {

@@ -91,7 +91,8 @@ pub fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     }
 }
 
-/// A double as MLflow's clients send it: a number, or "NaN" / "Infinity" / "-Infinity".
+/// A double as MLflow's clients send it: a number, or a string for the non-finite values
+/// ("NaN", "Infinity", "-Infinity"; Rust's float parser reads those and "inf"/"nan").
 pub fn double<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -101,13 +102,16 @@ pub fn double<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::F(f) => Ok(f),
-        Raw::S(s) => match s.as_str() {
-            "NaN" | "nan" => Ok(f64::NAN),
-            "Infinity" | "inf" => Ok(f64::INFINITY),
-            "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
-            other => other.parse().map_err(|_| serde::de::Error::custom(format!("expected a number, got '{other}'"))),
-        },
+        Raw::S(s) => s.parse().map_err(|_| serde::de::Error::custom(format!("expected a number, got '{s}'"))),
     }
+}
+
+/// The run a request names: `run_id`, or the older `run_uuid` that clients still send.
+pub fn run_id_param(run_id: Option<String>, run_uuid: Option<String>) -> Result<String, MlflowError> {
+    run_id
+        .filter(|s| !s.is_empty())
+        .or(run_uuid.filter(|s| !s.is_empty()))
+        .ok_or_else(|| MlflowError::invalid("Missing value for required parameter 'run_id'"))
 }
 
 /// An MLflow id (a string of digits) as ours.

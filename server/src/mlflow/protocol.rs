@@ -20,7 +20,6 @@ pub const MAX_BATCH_TOTAL: usize = 1000;
 pub const MAX_KEY_CHARS: usize = 250;
 pub const MAX_PARAM_VALUE_CHARS: usize = 6000;
 pub const MAX_TAG_VALUE_CHARS: usize = 8000;
-pub const MAX_NAME_CHARS: usize = 500;
 /// Page sizes: MLflow's defaults and maxima.
 pub const MAX_SEARCH_RESULTS: usize = 50_000;
 pub const MAX_HISTORY_PAGE: usize = 25_000;

@@ -12,12 +12,13 @@ use crt_trainer::events::unix_now;
 use super::experiments::KeyValue;
 use super::protocol::{
     check_key, check_len, page_token, parse_page_token, run_info, run_json, status_from_mlflow, status_to_mlflow,
-    MlResult, MlflowError, RunExtra, RunRecord, MAX_NAME_CHARS, MAX_SEARCH_RESULTS, MAX_TAG_VALUE_CHARS,
+    MlResult, MlflowError, RunExtra, RunRecord, MAX_SEARCH_RESULTS, MAX_TAG_VALUE_CHARS,
 };
 use super::search::{parse_filter, parse_order_by, sort_by_record};
-use super::{int64, ms, parse_id, MlJson, MlQuery};
+use super::{int64, ms, parse_id, run_id_param, MlJson, MlQuery};
 use crate::http::AppState;
 use crate::record::{Incoming, Recorder};
+use crate::runs::validate::MAX_RUN_NAME_CHARS;
 use crate::store::mlflow::{self as ml, MlRun};
 use crate::store::{self, runs::Placement};
 
@@ -97,7 +98,7 @@ pub async fn create(State(app): State<AppState>, MlJson(req): MlJson<CreateReq>)
     let tag_name = req.tags.iter().find(|t| t.key == "mlflow.runName").map(|t| t.value.clone());
     let name = req.run_name.clone().filter(|n| !n.trim().is_empty()).or(tag_name);
     if let Some(n) = &name {
-        check_len("the run name", n, MAX_NAME_CHARS)?;
+        check_len("the run name", n, MAX_RUN_NAME_CHARS)?;
     }
     let started = req.start_time.map(|t| t as f64 / 1000.0).unwrap_or_else(unix_now);
     let now = unix_now();
@@ -120,8 +121,7 @@ pub async fn create(State(app): State<AppState>, MlJson(req): MlJson<CreateReq>)
             batch.push(Incoming::Tag { key: "mlflow.user".into(), value: user });
         }
     }
-    let run = find(&app, &id.to_string()).await?;
-    recorder(&app, &run).record(&batch, None).await?;
+    Recorder::new(app.store.clone(), id, exp.id, out_dir).record(&batch, None).await?;
     let run = find(&app, &id.to_string()).await?;
     let (record, extra) = view(&run);
     Ok(Json(json!({ "run": run_json(&record, &extra) })))
@@ -133,15 +133,8 @@ pub struct GetReq {
     run_uuid: Option<String>,
 }
 
-fn run_id_of(run_id: Option<String>, run_uuid: Option<String>) -> MlResult<String> {
-    run_id
-        .filter(|s| !s.is_empty())
-        .or(run_uuid.filter(|s| !s.is_empty()))
-        .ok_or_else(|| MlflowError::invalid("Missing value for required parameter 'run_id'"))
-}
-
 pub async fn get(State(app): State<AppState>, MlQuery(q): MlQuery<GetReq>) -> MlResult<Json<Value>> {
-    let run = find(&app, &run_id_of(q.run_id, q.run_uuid)?).await?;
+    let run = find(&app, &run_id_param(q.run_id, q.run_uuid)?).await?;
     let (record, extra) = view(&run);
     Ok(Json(json!({ "run": run_json(&record, &extra) })))
 }
@@ -157,10 +150,10 @@ pub struct UpdateReq {
 }
 
 pub async fn update(State(app): State<AppState>, MlJson(req): MlJson<UpdateReq>) -> MlResult<Json<Value>> {
-    let run = find_writable(&app, &run_id_of(req.run_id, req.run_uuid)?).await?;
+    let run = find_writable(&app, &run_id_param(req.run_id, req.run_uuid)?).await?;
     let status = req.status.as_deref().map(status_from_mlflow).transpose()?;
     if let Some(n) = &req.run_name {
-        check_len("the run name", n, MAX_NAME_CHARS)?;
+        check_len("the run name", n, MAX_RUN_NAME_CHARS)?;
     }
     let mut w = app.store.write().await?;
     if let Some(status) = status {
@@ -185,7 +178,7 @@ pub async fn update(State(app): State<AppState>, MlJson(req): MlJson<UpdateReq>)
             .execute(w.conn())
             .await
             .map_err(anyhow::Error::from)?;
-        store::mlflow::upsert_tag(w.conn(), run.id, "mlflow.runName", name).await?;
+        ml::upsert(w.conn(), ml::KvTable::Tags, run.id, "mlflow.runName", name).await?;
     }
     store::mlflow::touch(w.conn(), run.id, unix_now()).await?;
     w.commit().await?;
@@ -200,13 +193,13 @@ pub struct IdReq {
 }
 
 pub async fn delete(State(app): State<AppState>, MlJson(req): MlJson<IdReq>) -> MlResult<Json<Value>> {
-    let run = find(&app, &run_id_of(req.run_id, None)?).await?;
+    let run = find(&app, &run_id_param(req.run_id, None)?).await?;
     ml::set_run_deleted(&app.store, run.id, true).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn restore(State(app): State<AppState>, MlJson(req): MlJson<IdReq>) -> MlResult<Json<Value>> {
-    let run = find(&app, &run_id_of(req.run_id, None)?).await?;
+    let run = find(&app, &run_id_param(req.run_id, None)?).await?;
     ml::set_run_deleted(&app.store, run.id, false).await?;
     Ok(Json(json!({})))
 }

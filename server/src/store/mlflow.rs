@@ -65,9 +65,20 @@ fn id_list(ids: &[i64]) -> String {
 
 /// Every experiment, deleted ones included (the caller filters by lifecycle).
 pub async fn experiments(pool: &AnyPool) -> anyhow::Result<Vec<MlExperiment>> {
-    let rows = sqlx::query("SELECT id, name, created_at, updated_at, deleted_at FROM experiments ORDER BY id")
-        .fetch_all(pool)
-        .await?;
+    experiments_where(pool, None).await
+}
+
+pub async fn experiment(pool: &AnyPool, id: i64) -> anyhow::Result<Option<MlExperiment>> {
+    Ok(experiments_where(pool, Some(id)).await?.pop())
+}
+
+async fn experiments_where(pool: &AnyPool, id: Option<i64>) -> anyhow::Result<Vec<MlExperiment>> {
+    let cond = id.map(|id| format!("WHERE id = {id}")).unwrap_or_default();
+    let rows = sqlx::query(&format!(
+        "SELECT id, name, created_at, updated_at, deleted_at FROM experiments {cond} ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
     let mut tags = experiment_tags(pool, &ids).await?;
     rows.iter()
@@ -83,10 +94,6 @@ pub async fn experiments(pool: &AnyPool) -> anyhow::Result<Vec<MlExperiment>> {
             })
         })
         .collect()
-}
-
-pub async fn experiment(pool: &AnyPool, id: i64) -> anyhow::Result<Option<MlExperiment>> {
-    Ok(experiments(pool).await?.into_iter().find(|e| e.id == id))
 }
 
 pub async fn set_experiment_deleted(store: &Store, id: i64, deleted: bool) -> anyhow::Result<()> {
@@ -196,17 +203,16 @@ pub async fn runs(pool: &AnyPool, experiments: Option<&[i64]>, run_ids: Option<&
     let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let list = id_list(&ids);
-    for r in sqlx::query(&format!("SELECT run_id, key, value FROM run_params WHERE run_id IN ({list})"))
-        .fetch_all(pool)
-        .await?
-    {
-        runs[index[&r.try_get::<i64, _>("run_id")?]].params.insert(r.try_get("key")?, r.try_get("value")?);
-    }
-    for r in sqlx::query(&format!("SELECT run_id, key, value FROM run_tags WHERE run_id IN ({list})"))
-        .fetch_all(pool)
-        .await?
-    {
-        runs[index[&r.try_get::<i64, _>("run_id")?]].tags.insert(r.try_get("key")?, r.try_get("value")?);
+    for table in [KvTable::Params, KvTable::Tags] {
+        let sql = format!("SELECT run_id, key, value FROM {} WHERE run_id IN ({list})", table.name());
+        for r in sqlx::query(&sql).fetch_all(pool).await? {
+            let run = &mut runs[index[&r.try_get::<i64, _>("run_id")?]];
+            let map = match table {
+                KvTable::Params => &mut run.params,
+                KvTable::Tags => &mut run.tags,
+            };
+            map.insert(r.try_get("key")?, r.try_get("value")?);
+        }
     }
     for r in sqlx::query(&format!("SELECT run_id, key, step, ts, value FROM metric_latest WHERE run_id IN ({list})"))
         .fetch_all(pool)
@@ -229,27 +235,34 @@ pub async fn runs(pool: &AnyPool, experiments: Option<&[i64]>, run_ids: Option<&
 
 // ---------- writes used by the recorder ----------
 
-pub async fn upsert_param(conn: &mut AnyConnection, run_id: i64, key: &str, value: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO run_params (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(run_id)
-    .bind(key)
-    .bind(value)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// A run's key-value table: MLflow params or tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvTable {
+    Params,
+    Tags,
 }
 
-pub async fn upsert_tag(conn: &mut AnyConnection, run_id: i64, key: &str, value: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO run_tags (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(run_id)
-    .bind(key)
-    .bind(value)
-    .execute(conn)
-    .await?;
+impl KvTable {
+    fn name(self) -> &'static str {
+        match self {
+            KvTable::Params => "run_params",
+            KvTable::Tags => "run_tags",
+        }
+    }
+}
+
+pub async fn upsert(
+    conn: &mut AnyConnection,
+    table: KvTable,
+    run_id: i64,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "INSERT INTO {} (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+        table.name()
+    );
+    sqlx::query(&sql).bind(run_id).bind(key).bind(value).execute(conn).await?;
     Ok(())
 }
 
@@ -274,9 +287,10 @@ pub async fn touch(conn: &mut AnyConnection, run_id: i64, now: f64) -> anyhow::R
     Ok(())
 }
 
-/// The params a run has, for MLflow's rule that a logged param never changes.
-pub async fn params(pool: &AnyPool, run_id: i64) -> anyhow::Result<BTreeMap<String, String>> {
-    sqlx::query("SELECT key, value FROM run_params WHERE run_id = $1")
+/// A run's params or tags (MLflow's rule that a logged param never changes reads them; so do the
+/// run views of external runs).
+pub async fn key_values(pool: &AnyPool, table: KvTable, run_id: i64) -> anyhow::Result<BTreeMap<String, String>> {
+    sqlx::query(&format!("SELECT key, value FROM {} WHERE run_id = $1", table.name()))
         .bind(run_id)
         .fetch_all(pool)
         .await?
@@ -305,19 +319,4 @@ pub async fn history_page(
     .iter()
     .map(|r| Ok((r.try_get("step")?, r.try_get("ts")?, r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN))))
     .collect()
-}
-
-/// A run's params and tags (for the run views of external runs).
-pub async fn params_and_tags(
-    pool: &AnyPool,
-    run_id: i64,
-) -> anyhow::Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
-    let tags = sqlx::query("SELECT key, value FROM run_tags WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
-        .collect::<anyhow::Result<_>>()?;
-    Ok((params(pool, run_id).await?, tags))
 }
