@@ -12,7 +12,7 @@ file), then drives both with the same pre-serialized request bodies, timing each
            points=1000), and CRT Lab's compare-page data for the 10 runs (every key, points=2000)
            and one run page's data (every key, points=3000)
 
-Not part of CI (it needs the full `mlflow` package: scripts/bench_mlflow.sh makes its venv).
+Not part of CI (it needs the full `mlflow` package): run it through scripts/bench_mlflow.sh, which makes its venv.
 Usage: bench_mlflow.py --crt-server target/release/crt-server [--mlflow BIN] [--only crt]
 """
 

@@ -14,13 +14,14 @@
 //!   last checkpoint) replaces the stored point for (key, step). External clients (MLflow's
 //!   protocol keeps every value with its timestamp) append: `Incoming::Logged` never replaces.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use crt_trainer::events::{Event, EventLine};
 
+use crate::downsample::Ranked;
 use crate::store::artifacts::Artifact;
 use crate::store::metrics::{self, Logged, MetricPoint};
 use crate::store::mlflow::KvTable;
@@ -119,6 +120,8 @@ impl Recorder {
         let mut progress = None;
         // The latest point per key is written once per batch, not once per line.
         let mut latest: HashMap<String, MetricPoint> = HashMap::new();
+        // A trainer's points per key, for the chart levels.
+        let mut stepped: BTreeMap<String, Vec<Ranked>> = BTreeMap::new();
         let mut logged: Vec<Logged> = Vec::new();
         let mut external = false;
         for item in batch {
@@ -132,7 +135,7 @@ impl Recorder {
                         unit: unit.clone(),
                     });
                 }
-                Incoming::Event(ev) => self.store_event(&mut w, ev, &mut latest).await?,
+                Incoming::Event(ev) => self.store_event(&mut w, ev, &mut latest, &mut stepped).await?,
                 Incoming::Log { stream, ts, text } => self.store_log(&mut w, *ts, stream, None, text).await?,
                 Incoming::Logged(point) => {
                     let p = MetricPoint { step: point.step, epoch: None, ts: point.ts, value: point.value };
@@ -160,8 +163,13 @@ impl Recorder {
                 }
             }
         }
+        if !stepped.is_empty() {
+            self.update_chart_levels(&mut w, &stepped).await?;
+        }
         if !logged.is_empty() {
-            metrics::append(w.conn(), self.run_id, &logged).await?;
+            for (key, points) in metrics::append(w.conn(), self.run_id, &logged).await? {
+                store::rollup::add(w.conn(), self.run_id, &key, &points).await?;
+            }
             // One live event for the whole batch, however many steps it spans.
             let points: Vec<serde_json::Value> = logged
                 .iter()
@@ -184,6 +192,29 @@ impl Recorder {
             store::runs::set_offsets(w.conn(), self.run_id, c).await?;
         }
         w.commit().await
+    }
+
+    /// Brings the chart levels up to date with a trainer's points: merged when they only extend
+    /// a history, recomputed over their range when they may replace stored steps (a resumed
+    /// trainer repeats the steps after its checkpoint). Runs before the latest points move on.
+    async fn update_chart_levels(
+        &self,
+        w: &mut WriteTx<'_>,
+        stepped: &BTreeMap<String, Vec<Ranked>>,
+    ) -> anyhow::Result<()> {
+        let stored_last = metrics::latest_steps(w.conn(), self.run_id).await?;
+        for (key, points) in stepped {
+            let increasing = points.windows(2).all(|p| p[0].p.step < p[1].p.step);
+            let extends = increasing && stored_last.get(key).is_none_or(|&last| points[0].p.step > last);
+            if extends {
+                store::rollup::add(w.conn(), self.run_id, key, points).await?;
+            } else {
+                let lo = points.iter().map(|p| p.p.step).min().unwrap_or_default();
+                let hi = points.iter().map(|p| p.p.step).max().unwrap_or_default();
+                store::rollup::rebuild(w.conn(), self.run_id, key, lo, hi).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn store_log(
@@ -209,6 +240,7 @@ impl Recorder {
         w: &mut WriteTx<'_>,
         ev: &EventLine,
         latest: &mut HashMap<String, MetricPoint>,
+        stepped: &mut BTreeMap<String, Vec<Ranked>>,
     ) -> anyhow::Result<()> {
         let (run, exp) = (self.run_id, self.experiment_id);
         match &ev.event {
@@ -224,6 +256,7 @@ impl Recorder {
                 store::metrics::upsert_step(w.conn(), run, *step as i64, *epoch, ev.ts, values).await?;
                 for (key, value) in values {
                     let point = MetricPoint { step: *step as i64, epoch: *epoch, ts: ev.ts, value: *value };
+                    stepped.entry(key.clone()).or_default().push(Ranked::new(0, point));
                     let newest = latest.entry(key.clone()).or_insert(point);
                     if point.step >= newest.step {
                         *newest = point;

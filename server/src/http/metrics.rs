@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::errors::ApiError;
 use super::extract::{find_run, P, Q};
 use super::AppState;
-use crate::downsample::downsample;
 use crate::store::metrics::{self, MetricPoint};
+use crate::store::rollup;
 
 /// The most keys in `keys`.
 pub const MAX_KEYS: usize = 100;
@@ -22,7 +22,8 @@ pub const MAX_POINTS: usize = 100_000;
 pub(super) struct MetricQuery {
     /// Comma-separated keys; default all.
     keys: Option<String>,
-    /// Most points per key (at least 3); default all points.
+    /// Most points per key (at least 3); default all points. A longer history is cut into
+    /// equal step buckets, each giving its minimum, maximum and last point.
     points: Option<usize>,
 }
 
@@ -74,13 +75,18 @@ pub(super) async fn metric_history(
     }
     let mut out = BTreeMap::new();
     for key in keys {
-        let full = metrics::history(&app.store.pool, id, &key).await?;
-        let total = full.len();
-        let points = match q.points {
-            Some(p) => downsample(&full, p),
-            None => full,
+        let thinned = match q.points {
+            Some(p) => rollup::read(&app.store.pool, id, &key, p).await?,
+            None => rollup::Thinned { total: 0, points: None },
         };
-        out.insert(key, MetricSeries { total, downsampled: points.len() < total, points });
+        let series = match thinned.points {
+            Some(points) => MetricSeries { total: thinned.total as usize, downsampled: true, points },
+            None => {
+                let points = metrics::history(&app.store.pool, id, &key).await?;
+                MetricSeries { total: points.len(), downsampled: false, points }
+            }
+        };
+        out.insert(key, series);
     }
     Ok(Json(MetricHistory { run_id: id, metrics: out }))
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool, Row};
 
+use crate::downsample::Ranked;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MetricPoint {
     pub step: i64,
@@ -95,6 +97,13 @@ pub async fn upsert_latest(conn: &mut AnyConnection, run_id: i64, key: &str, p: 
     Ok(())
 }
 
+/// The last stored step of every key of a run (inside a write).
+pub async fn latest_steps(conn: &mut AnyConnection, run_id: i64) -> anyhow::Result<BTreeMap<String, i64>> {
+    let rows =
+        sqlx::query("SELECT key, step FROM metric_latest WHERE run_id = $1").bind(run_id).fetch_all(conn).await?;
+    rows.iter().map(|r| Ok((r.try_get("key")?, r.try_get("step")?))).collect()
+}
+
 /// The latest value of every key of a run.
 pub async fn latest(pool: &AnyPool, run_id: i64) -> anyhow::Result<BTreeMap<String, MetricPoint>> {
     let rows = sqlx::query("SELECT key, step, epoch, ts, value FROM metric_latest WHERE run_id = $1")
@@ -145,10 +154,16 @@ pub struct Logged {
 }
 
 /// Appends points, never overwriting: each gets the next free `n` at its (key, step). One query
-/// reads the numbers in use, one statement per 500 points inserts.
-pub async fn append(conn: &mut AnyConnection, run_id: i64, points: &[Logged]) -> anyhow::Result<()> {
+/// reads the numbers in use, one statement per 500 points inserts. Gives back the stored points
+/// by key, with their `n`.
+pub async fn append(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    points: &[Logged],
+) -> anyhow::Result<BTreeMap<String, Vec<Ranked>>> {
+    let mut stored_points: BTreeMap<String, Vec<Ranked>> = BTreeMap::new();
     if points.is_empty() {
-        return Ok(());
+        return Ok(stored_points);
     }
     let (lo, hi) = points.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| (lo.min(p.step), hi.max(p.step)));
     let mut next: std::collections::HashMap<(String, i64), i64> = std::collections::HashMap::new();
@@ -172,9 +187,11 @@ pub async fn append(conn: &mut AnyConnection, run_id: i64, points: &[Logged]) ->
         for p in chunk {
             let n = next.entry((p.key.clone(), p.step)).or_insert(0);
             query = query.bind(p.key.as_str()).bind(p.step).bind(*n).bind(p.ts).bind(stored(p.value));
+            let point = MetricPoint { step: p.step, epoch: None, ts: p.ts, value: p.value };
+            stored_points.entry(p.key.clone()).or_default().push(Ranked::new(*n, point));
             *n += 1;
         }
         query.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(stored_points)
 }

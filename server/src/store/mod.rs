@@ -12,6 +12,7 @@ pub mod journal;
 pub mod logs;
 pub mod metrics;
 pub mod mlflow;
+pub mod rollup;
 pub mod runs;
 pub mod tokens;
 
@@ -80,7 +81,9 @@ impl Store {
         };
         migrator.run(&pool).await.context("database migration failed")?;
         let (events, _) = broadcast::channel(4096);
-        Ok(Store { pool, dialect, write_lock: Arc::new(Mutex::new(())), events })
+        let store = Store { pool, dialect, write_lock: Arc::new(Mutex::new(())), events };
+        rollup::backfill(&store).await.context("summarizing metric histories for charts")?;
+        Ok(store)
     }
 
     /// Starts the (only) write transaction; journal entries appended to it are broadcast on commit.

@@ -1,0 +1,267 @@
+//! The precomputed chart levels of each metric history (`metric_rollup`), kept up to date in the
+//! transaction that writes the points, so a chart reads one level of one history instead of the
+//! whole history, however long it is (`crate::downsample` defines the buckets).
+//!
+//! Two ways in: [`add`] merges new points into the buckets (values that only add to a history:
+//! MLflow appends, a trainer's steps past its last stored one), and [`rebuild`] recomputes the
+//! buckets over a range of steps from the stored points and then each level from the one below
+//! (a resumed trainer replacing steps: a replaced value cannot be taken out of a min or a max).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use crate::downsample::{self, add_points, width, Bucket, Buckets, Ranked, CHUNK, TOP_LEVEL};
+use crate::store::metrics::MetricPoint;
+
+/// The loaded buckets of one history, by level, and which chunks changed.
+#[derive(Default)]
+struct Levels {
+    buckets: BTreeMap<u32, Buckets>,
+    dirty: BTreeSet<(u32, i64)>,
+}
+
+impl Levels {
+    fn level(&mut self, level: u32) -> &mut Buckets {
+        self.buckets.entry(level).or_default()
+    }
+
+    /// Replaces the buckets `lo ..= hi` of a level with `fresh`; the chunks of the buckets
+    /// removed or added change (not every chunk of the range: steps may be sparse).
+    fn replace(&mut self, level: u32, lo: i64, hi: i64, fresh: Buckets) {
+        let buckets = self.level(level);
+        let old: Vec<i64> = buckets.range(lo..=hi).map(|(b, _)| *b).collect();
+        for b in &old {
+            buckets.remove(b);
+        }
+        let added: Vec<i64> = fresh.keys().copied().collect();
+        buckets.extend(fresh);
+        for b in old.into_iter().chain(added) {
+            self.mark(level, b);
+        }
+    }
+
+    fn mark(&mut self, level: u32, bucket: i64) {
+        self.dirty.insert((level, bucket.div_euclid(CHUNK)));
+    }
+}
+
+/// Index of the first and last bucket of `level` holding steps `lo ..= hi`.
+fn span(level: u32, lo: i64, hi: i64) -> (i64, i64) {
+    (lo.div_euclid(width(level)), hi.div_euclid(width(level)))
+}
+
+/// Loads the chunks holding buckets `lo ..= hi` of each listed level, in one query.
+async fn load(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    key: &str,
+    wanted: &[(u32, i64, i64)],
+    into: &mut Levels,
+) -> anyhow::Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let terms: Vec<String> = (0..wanted.len())
+        .map(|i| format!("(level = ${} AND chunk >= ${} AND chunk <= ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+        .collect();
+    let sql =
+        format!("SELECT level, data FROM metric_rollup WHERE run_id = $1 AND key = $2 AND ({})", terms.join(" OR "));
+    let mut query = sqlx::query(&sql).bind(run_id).bind(key);
+    for (level, lo, hi) in wanted {
+        query = query.bind(*level as i64).bind(lo.div_euclid(CHUNK)).bind(hi.div_euclid(CHUNK));
+    }
+    for row in query.fetch_all(&mut *conn).await? {
+        let level = row.try_get::<i64, _>("level")? as u32;
+        let data: Vec<u8> = row.try_get("data")?;
+        downsample::decode(&data, into.level(level)).context("a stored chart level is damaged")?;
+    }
+    Ok(())
+}
+
+/// Writes the changed chunks back (a chunk left without buckets is deleted).
+async fn save(conn: &mut AnyConnection, run_id: i64, key: &str, levels: &Levels) -> anyhow::Result<()> {
+    let mut rows: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    for &(level, chunk) in &levels.dirty {
+        let empty = Buckets::new();
+        let buckets = levels.buckets.get(&level).unwrap_or(&empty);
+        let part: Buckets =
+            buckets.range(chunk * CHUNK..(chunk + 1).saturating_mul(CHUNK)).map(|(b, x)| (*b, *x)).collect();
+        if part.is_empty() {
+            sqlx::query("DELETE FROM metric_rollup WHERE run_id = $1 AND key = $2 AND level = $3 AND chunk = $4")
+                .bind(run_id)
+                .bind(key)
+                .bind(level as i64)
+                .bind(chunk)
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            rows.push((level as i64, chunk, downsample::encode(&part)));
+        }
+    }
+    for batch in rows.chunks(200) {
+        let values: Vec<String> =
+            (0..batch.len()).map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i)).collect();
+        let sql = format!(
+            "INSERT INTO metric_rollup (run_id, key, level, chunk, data) VALUES {} \
+             ON CONFLICT (run_id, key, level, chunk) DO UPDATE SET data = excluded.data",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(run_id).bind(key);
+        for (level, chunk, data) in batch {
+            query = query.bind(*level).bind(*chunk).bind(data.as_slice());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Merges points that only add to a key's history (none replaces a stored point).
+pub async fn add(conn: &mut AnyConnection, run_id: i64, key: &str, points: &[Ranked]) -> anyhow::Result<()> {
+    let Some((lo, hi)) = step_range(points) else { return Ok(()) };
+    let mut levels = Levels::default();
+    let wanted: Vec<(u32, i64, i64)> = (1..=TOP_LEVEL)
+        .map(|l| {
+            let (a, b) = span(l, lo, hi);
+            (l, a, b)
+        })
+        .collect();
+    load(conn, run_id, key, &wanted, &mut levels).await?;
+    for level in 1..=TOP_LEVEL {
+        add_points(levels.level(level), width(level), points);
+        // Only the chunks that got points change (sparse steps may skip whole chunks).
+        for p in points {
+            levels.mark(level, p.p.step.div_euclid(width(level)));
+        }
+    }
+    save(conn, run_id, key, &levels).await
+}
+
+/// Recomputes a key's buckets over steps `lo ..= hi` from the stored points, after points in
+/// that range were replaced.
+pub async fn rebuild(conn: &mut AnyConnection, run_id: i64, key: &str, lo: i64, hi: i64) -> anyhow::Result<()> {
+    let mut levels = Levels::default();
+    // Each level is needed where it is rebuilt and where the level above takes its children.
+    let wanted: Vec<(u32, i64, i64)> = (1..=TOP_LEVEL)
+        .map(|l| {
+            let (a, b) = span(l, lo, hi);
+            if l == TOP_LEVEL {
+                (l, a, b)
+            } else {
+                let (pa, pb) = span(l + 1, lo, hi);
+                (l, pa.saturating_mul(4), pb.saturating_mul(4).saturating_add(3))
+            }
+        })
+        .collect();
+    load(conn, run_id, key, &wanted, &mut levels).await?;
+    let (a, b) = span(1, lo, hi);
+    let first = a.saturating_mul(width(1));
+    let last = b.saturating_mul(width(1)).saturating_add(width(1) - 1);
+    let mut fresh = Buckets::new();
+    add_points(&mut fresh, width(1), &stored_points(conn, run_id, key, first, last).await?);
+    levels.replace(1, a, b, fresh);
+    for level in 2..=TOP_LEVEL {
+        let (a, b) = span(level, lo, hi);
+        let mut fresh = Buckets::new();
+        let below = levels.level(level - 1);
+        for (&child, bucket) in below.range(a.saturating_mul(4)..=b.saturating_mul(4).saturating_add(3)) {
+            fresh.entry(child.div_euclid(4)).and_modify(|x: &mut Bucket| x.merge(bucket)).or_insert(*bucket);
+        }
+        levels.replace(level, a, b, fresh);
+    }
+    save(conn, run_id, key, &levels).await
+}
+
+fn step_range(points: &[Ranked]) -> Option<(i64, i64)> {
+    let lo = points.iter().map(|p| p.p.step).min()?;
+    let hi = points.iter().map(|p| p.p.step).max()?;
+    Some((lo, hi))
+}
+
+async fn stored_points(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    key: &str,
+    lo: i64,
+    hi: i64,
+) -> anyhow::Result<Vec<Ranked>> {
+    sqlx::query(
+        "SELECT step, n, epoch, ts, value FROM metrics WHERE run_id = $1 AND key = $2 AND step >= $3 AND step <= $4",
+    )
+    .bind(run_id)
+    .bind(key)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let p = MetricPoint {
+            step: r.try_get("step")?,
+            epoch: r.try_get("epoch")?,
+            ts: r.try_get("ts")?,
+            value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
+        };
+        Ok(Ranked::new(r.try_get("n")?, p))
+    })
+    .collect()
+}
+
+/// A history thinned for a chart: the points stored, and the thinned points, or `None` when
+/// the whole history fits (read it as it is).
+pub struct Thinned {
+    pub total: u64,
+    pub points: Option<Vec<MetricPoint>>,
+}
+
+/// Reads a key's history thinned to at most `max_points` (≥ 3) points from one level.
+pub async fn read(pool: &AnyPool, run_id: i64, key: &str, max_points: usize) -> anyhow::Result<Thinned> {
+    let mut conn = pool.acquire().await?;
+    let mut top = Levels::default();
+    load(&mut conn, run_id, key, &[(TOP_LEVEL, i64::MIN, i64::MAX)], &mut top).await?;
+    let buckets = top.level(TOP_LEVEL);
+    let total: u64 = buckets.values().map(|b| b.count).sum();
+    let (Some(first), Some(last)) = (buckets.values().next(), buckets.values().next_back()) else {
+        return Ok(Thinned { total, points: None });
+    };
+    if total <= max_points as u64 {
+        return Ok(Thinned { total, points: None });
+    }
+    let (first, last) = (first.first, last.last.p.step);
+    let plan = downsample::plan(first, last, max_points);
+    let points = if plan.level == TOP_LEVEL {
+        downsample::thin(buckets, plan.group)
+    } else {
+        let mut levels = Levels::default();
+        let (a, b) = span(plan.level, first, last);
+        load(&mut conn, run_id, key, &[(plan.level, a, b)], &mut levels).await?;
+        downsample::thin(levels.level(plan.level), plan.group)
+    };
+    Ok(Thinned { total, points: Some(points) })
+}
+
+/// Summarizes histories stored before the chart levels existed (once; a no-op afterwards).
+pub async fn backfill(store: &super::Store) -> anyhow::Result<()> {
+    let missing = sqlx::query(
+        "SELECT l.run_id, l.key FROM metric_latest l WHERE NOT EXISTS (SELECT 1 FROM metric_rollup r \
+         WHERE r.run_id = l.run_id AND r.key = l.key AND r.level = $1)",
+    )
+    .bind(TOP_LEVEL as i64)
+    .fetch_all(&store.pool)
+    .await?;
+    for row in missing {
+        let (run_id, key): (i64, String) = (row.try_get("run_id")?, row.try_get("key")?);
+        let mut w = store.write().await?;
+        let range = sqlx::query("SELECT MIN(step) AS lo, MAX(step) AS hi FROM metrics WHERE run_id = $1 AND key = $2")
+            .bind(run_id)
+            .bind(&key)
+            .fetch_one(w.conn())
+            .await?;
+        if let (Some(lo), Some(hi)) = (range.try_get::<Option<i64>, _>("lo")?, range.try_get::<Option<i64>, _>("hi")?) {
+            rebuild(w.conn(), run_id, &key, lo, hi).await?;
+        }
+        w.commit().await?;
+    }
+    Ok(())
+}
