@@ -167,9 +167,8 @@ impl Recorder {
             self.update_chart_levels(&mut w, &stepped).await?;
         }
         if !logged.is_empty() {
-            for (key, points) in metrics::append(w.conn(), self.run_id, &logged).await? {
-                store::rollup::add(w.conn(), self.run_id, &key, &points).await?;
-            }
+            let stored = metrics::append(w.conn(), self.run_id, &logged).await?;
+            store::rollup::add(w.conn(), self.run_id, &stored).await?;
             // One live event for the whole batch, however many steps it spans.
             let points: Vec<serde_json::Value> = logged
                 .iter()
@@ -203,18 +202,18 @@ impl Recorder {
         stepped: &BTreeMap<String, Vec<Ranked>>,
     ) -> anyhow::Result<()> {
         let stored_last = metrics::latest_steps(w.conn(), self.run_id).await?;
+        let mut extending = BTreeMap::new();
         for (key, points) in stepped {
             let increasing = points.windows(2).all(|p| p[0].p.step < p[1].p.step);
-            let extends = increasing && stored_last.get(key).is_none_or(|&last| points[0].p.step > last);
-            if extends {
-                store::rollup::add(w.conn(), self.run_id, key, points).await?;
+            if increasing && stored_last.get(key).is_none_or(|&last| points[0].p.step > last) {
+                extending.insert(key.clone(), points.clone());
             } else {
                 let lo = points.iter().map(|p| p.p.step).min().unwrap_or_default();
                 let hi = points.iter().map(|p| p.p.step).max().unwrap_or_default();
                 store::rollup::rebuild(w.conn(), self.run_id, key, lo, hi).await?;
             }
         }
-        Ok(())
+        store::rollup::add(w.conn(), self.run_id, &extending).await
     }
 
     async fn store_log(

@@ -167,26 +167,34 @@ pub async fn append(
     }
     let (lo, hi) = points.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| (lo.min(p.step), hi.max(p.step)));
     let mut next: std::collections::HashMap<(String, i64), i64> = std::collections::HashMap::new();
-    let rows = sqlx::query(
-        "SELECT key, step, MAX(n) AS n FROM metrics WHERE run_id = $1 AND step >= $2 AND step <= $3 GROUP BY key, step",
-    )
-    .bind(run_id)
-    .bind(lo)
-    .bind(hi)
-    .fetch_all(&mut *conn)
-    .await?;
+    // Keys listed so the primary key (run_id, key, step, n) is searched per key, not scanned.
+    let keys: std::collections::BTreeSet<&str> = points.iter().map(|p| p.key.as_str()).collect();
+    let mut p = super::Placeholders::new(conn);
+    let sql = format!(
+        "SELECT key, step, MAX(n) AS n FROM metrics WHERE run_id = {} AND step >= {} AND step <= {} AND key IN {} \
+         GROUP BY key, step",
+        p.next(),
+        p.next(),
+        p.next(),
+        p.tuple(keys.len())
+    );
+    let mut query = sqlx::query(&sql).bind(run_id).bind(lo).bind(hi);
+    for key in &keys {
+        query = query.bind(*key);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
     for r in rows {
         next.insert((r.try_get("key")?, r.try_get("step")?), r.try_get::<i64, _>("n")? + 1);
     }
     for chunk in points.chunks(500) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("($1, ${}, ${}, ${}, ${}, ${})", 2 + 5 * i, 3 + 5 * i, 4 + 5 * i, 5 + 5 * i, 6 + 5 * i))
-            .collect();
-        let sql = format!("INSERT INTO metrics (run_id, key, step, n, ts, value) VALUES {}", rows.join(", "));
-        let mut query = sqlx::query(&sql).bind(run_id);
+        let sql = format!(
+            "INSERT INTO metrics (run_id, key, step, n, ts, value) VALUES {}",
+            super::values_rows(conn, chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
         for p in chunk {
             let n = next.entry((p.key.clone(), p.step)).or_insert(0);
-            query = query.bind(p.key.as_str()).bind(p.step).bind(*n).bind(p.ts).bind(stored(p.value));
+            query = query.bind(run_id).bind(p.key.as_str()).bind(p.step).bind(*n).bind(p.ts).bind(stored(p.value));
             let point = MetricPoint { step: p.step, epoch: None, ts: p.ts, value: p.value };
             stored_points.entry(p.key.clone()).or_default().push(Ranked::new(*n, point));
             *n += 1;

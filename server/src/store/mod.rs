@@ -67,7 +67,7 @@ impl Store {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
                         // WAL lets readers (API, SSE replay) proceed while ingest writes.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;").await?;
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;").await?;
                     }
                     Ok(())
                 })
@@ -136,6 +136,40 @@ impl WriteTx<'_> {
         }
         Ok(())
     }
+}
+
+/// Placeholders for statements with many parameters, each value bound in order: anonymous `?`
+/// on SQLite, where sqlx looks every named `$N` up by a linear scan (a 1,000-row insert was
+/// quadratic: half of ingest time), `$N` on Postgres (which has no `?`).
+pub struct Placeholders {
+    sqlite: bool,
+    next: usize,
+}
+
+impl Placeholders {
+    pub fn new(conn: &AnyConnection) -> Placeholders {
+        Placeholders { sqlite: conn.backend_name() == "SQLite", next: 0 }
+    }
+
+    pub fn next(&mut self) -> String {
+        self.next += 1;
+        if self.sqlite {
+            "?".into()
+        } else {
+            format!("${}", self.next)
+        }
+    }
+
+    /// `n` placeholders in parentheses: one row of `VALUES`, or an `IN` list.
+    pub fn tuple(&mut self, n: usize) -> String {
+        format!("({})", (0..n).map(|_| self.next()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// The `VALUES` rows of a bulk statement: `rows` tuples of `cols` placeholders.
+pub fn values_rows(conn: &AnyConnection, rows: usize, cols: usize) -> String {
+    let mut p = Placeholders::new(conn);
+    (0..rows).map(|_| p.tuple(cols)).collect::<Vec<_>>().join(", ")
 }
 
 /// A database URL without its password, for messages.

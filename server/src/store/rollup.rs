@@ -15,22 +15,22 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use crate::downsample::{self, add_points, width, Bucket, Buckets, Ranked, CHUNK, TOP_LEVEL};
 use crate::store::metrics::MetricPoint;
 
-/// The loaded buckets of one history, by level, and which chunks changed.
+/// Loaded buckets by (key, level), and the chunks that changed.
 #[derive(Default)]
 struct Levels {
-    buckets: BTreeMap<u32, Buckets>,
-    dirty: BTreeSet<(u32, i64)>,
+    buckets: BTreeMap<(String, u32), Buckets>,
+    dirty: BTreeSet<(String, u32, i64)>,
 }
 
 impl Levels {
-    fn level(&mut self, level: u32) -> &mut Buckets {
-        self.buckets.entry(level).or_default()
+    fn level(&mut self, key: &str, level: u32) -> &mut Buckets {
+        self.buckets.entry((key.to_string(), level)).or_default()
     }
 
     /// Replaces the buckets `lo ..= hi` of a level with `fresh`; the chunks of the buckets
     /// removed or added change (not every chunk of the range: steps may be sparse).
-    fn replace(&mut self, level: u32, lo: i64, hi: i64, fresh: Buckets) {
-        let buckets = self.level(level);
+    fn replace(&mut self, key: &str, level: u32, lo: i64, hi: i64, fresh: Buckets) {
+        let buckets = self.level(key, level);
         let old: Vec<i64> = buckets.range(lo..=hi).map(|(b, _)| *b).collect();
         for b in &old {
             buckets.remove(b);
@@ -38,12 +38,12 @@ impl Levels {
         let added: Vec<i64> = fresh.keys().copied().collect();
         buckets.extend(fresh);
         for b in old.into_iter().chain(added) {
-            self.mark(level, b);
+            self.mark(key, level, b);
         }
     }
 
-    fn mark(&mut self, level: u32, bucket: i64) {
-        self.dirty.insert((level, bucket.div_euclid(CHUNK)));
+    fn mark(&mut self, key: &str, level: u32, bucket: i64) {
+        self.dirty.insert((key.to_string(), level, bucket.div_euclid(CHUNK)));
     }
 }
 
@@ -52,90 +52,110 @@ fn span(level: u32, lo: i64, hi: i64) -> (i64, i64) {
     (lo.div_euclid(width(level)), hi.div_euclid(width(level)))
 }
 
-/// Loads the chunks holding buckets `lo ..= hi` of each listed level, in one query.
-async fn load(
-    conn: &mut AnyConnection,
-    run_id: i64,
-    key: &str,
-    wanted: &[(u32, i64, i64)],
-    into: &mut Levels,
-) -> anyhow::Result<()> {
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let terms: Vec<String> = (0..wanted.len())
-        .map(|i| format!("(level = ${} AND chunk >= ${} AND chunk <= ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
-        .collect();
-    let sql =
-        format!("SELECT level, data FROM metric_rollup WHERE run_id = $1 AND key = $2 AND ({})", terms.join(" OR "));
-    let mut query = sqlx::query(&sql).bind(run_id).bind(key);
-    for (level, lo, hi) in wanted {
-        query = query.bind(*level as i64).bind(lo.div_euclid(CHUNK)).bind(hi.div_euclid(CHUNK));
-    }
-    for row in query.fetch_all(&mut *conn).await? {
-        let level = row.try_get::<i64, _>("level")? as u32;
-        let data: Vec<u8> = row.try_get("data")?;
-        downsample::decode(&data, into.level(level)).context("a stored chart level is damaged")?;
+/// Chunks to load: those holding buckets `lo ..= hi` of a key's level.
+struct Wanted<'a> {
+    key: &'a str,
+    level: u32,
+    lo: i64,
+    hi: i64,
+}
+
+/// Loads the wanted chunks: one statement per 100 ranges, each range its own index search
+/// (`UNION ALL`: SQLite plans an `OR` of such ranges as a scan of the run's rows).
+async fn load(conn: &mut AnyConnection, run_id: i64, wanted: &[Wanted<'_>], into: &mut Levels) -> anyhow::Result<()> {
+    for part in wanted.chunks(100) {
+        let mut p = super::Placeholders::new(conn);
+        let arms: Vec<String> = part
+            .iter()
+            .map(|_| {
+                format!(
+                    "SELECT key, level, data FROM metric_rollup WHERE run_id = {} AND key = {} AND level = {} \
+                     AND chunk >= {} AND chunk <= {}",
+                    p.next(),
+                    p.next(),
+                    p.next(),
+                    p.next(),
+                    p.next()
+                )
+            })
+            .collect();
+        let sql = arms.join(" UNION ALL ");
+        let mut query = sqlx::query(&sql);
+        for w in part {
+            query = query
+                .bind(run_id)
+                .bind(w.key)
+                .bind(w.level as i64)
+                .bind(w.lo.div_euclid(CHUNK))
+                .bind(w.hi.div_euclid(CHUNK));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let key: String = row.try_get("key")?;
+            let level = row.try_get::<i64, _>("level")? as u32;
+            let data: Vec<u8> = row.try_get("data")?;
+            downsample::decode(&data, into.level(&key, level)).context("a stored chart level is damaged")?;
+        }
     }
     Ok(())
 }
 
 /// Writes the changed chunks back (a chunk left without buckets is deleted).
-async fn save(conn: &mut AnyConnection, run_id: i64, key: &str, levels: &Levels) -> anyhow::Result<()> {
-    let mut rows: Vec<(i64, i64, Vec<u8>)> = Vec::new();
-    for &(level, chunk) in &levels.dirty {
-        let empty = Buckets::new();
-        let buckets = levels.buckets.get(&level).unwrap_or(&empty);
+async fn save(conn: &mut AnyConnection, run_id: i64, levels: &Levels) -> anyhow::Result<()> {
+    let mut rows: Vec<(&str, i64, i64, Vec<u8>)> = Vec::new();
+    let empty = Buckets::new();
+    for (key, level, chunk) in &levels.dirty {
+        let buckets = levels.buckets.get(&(key.clone(), *level)).unwrap_or(&empty);
         let part: Buckets =
             buckets.range(chunk * CHUNK..(chunk + 1).saturating_mul(CHUNK)).map(|(b, x)| (*b, *x)).collect();
         if part.is_empty() {
             sqlx::query("DELETE FROM metric_rollup WHERE run_id = $1 AND key = $2 AND level = $3 AND chunk = $4")
                 .bind(run_id)
-                .bind(key)
-                .bind(level as i64)
-                .bind(chunk)
+                .bind(key.as_str())
+                .bind(*level as i64)
+                .bind(*chunk)
                 .execute(&mut *conn)
                 .await?;
         } else {
-            rows.push((level as i64, chunk, downsample::encode(&part)));
+            rows.push((key, *level as i64, *chunk, downsample::encode(&part)));
         }
     }
     for batch in rows.chunks(200) {
-        let values: Vec<String> =
-            (0..batch.len()).map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i)).collect();
         let sql = format!(
             "INSERT INTO metric_rollup (run_id, key, level, chunk, data) VALUES {} \
              ON CONFLICT (run_id, key, level, chunk) DO UPDATE SET data = excluded.data",
-            values.join(", ")
+            super::values_rows(conn, batch.len(), 5)
         );
-        let mut query = sqlx::query(&sql).bind(run_id).bind(key);
-        for (level, chunk, data) in batch {
-            query = query.bind(*level).bind(*chunk).bind(data.as_slice());
+        let mut query = sqlx::query(&sql);
+        for (key, level, chunk, data) in batch {
+            query = query.bind(run_id).bind(*key).bind(*level).bind(*chunk).bind(data.as_slice());
         }
         query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Merges points that only add to a key's history (none replaces a stored point).
-pub async fn add(conn: &mut AnyConnection, run_id: i64, key: &str, points: &[Ranked]) -> anyhow::Result<()> {
-    let Some((lo, hi)) = step_range(points) else { return Ok(()) };
-    let mut levels = Levels::default();
-    let wanted: Vec<(u32, i64, i64)> = (1..=TOP_LEVEL)
-        .map(|l| {
-            let (a, b) = span(l, lo, hi);
-            (l, a, b)
-        })
-        .collect();
-    load(conn, run_id, key, &wanted, &mut levels).await?;
-    for level in 1..=TOP_LEVEL {
-        add_points(levels.level(level), width(level), points);
-        // Only the chunks that got points change (sparse steps may skip whole chunks).
-        for p in points {
-            levels.mark(level, p.p.step.div_euclid(width(level)));
+/// Merges points that only add to their keys' histories (none replaces a stored point).
+pub async fn add(conn: &mut AnyConnection, run_id: i64, by_key: &BTreeMap<String, Vec<Ranked>>) -> anyhow::Result<()> {
+    let mut wanted = Vec::new();
+    for (key, points) in by_key {
+        let Some((lo, hi)) = step_range(points) else { continue };
+        for level in 1..=TOP_LEVEL {
+            let (a, b) = span(level, lo, hi);
+            wanted.push(Wanted { key, level, lo: a, hi: b });
         }
     }
-    save(conn, run_id, key, &levels).await
+    let mut levels = Levels::default();
+    load(conn, run_id, &wanted, &mut levels).await?;
+    for (key, points) in by_key {
+        for level in 1..=TOP_LEVEL {
+            add_points(levels.level(key, level), width(level), points);
+            // Only the chunks that got points change (sparse steps may skip whole chunks).
+            for p in points {
+                levels.mark(key, level, p.p.step.div_euclid(width(level)));
+            }
+        }
+    }
+    save(conn, run_id, &levels).await
 }
 
 /// Recomputes a key's buckets over steps `lo ..= hi` from the stored points, after points in
@@ -143,34 +163,34 @@ pub async fn add(conn: &mut AnyConnection, run_id: i64, key: &str, points: &[Ran
 pub async fn rebuild(conn: &mut AnyConnection, run_id: i64, key: &str, lo: i64, hi: i64) -> anyhow::Result<()> {
     let mut levels = Levels::default();
     // Each level is needed where it is rebuilt and where the level above takes its children.
-    let wanted: Vec<(u32, i64, i64)> = (1..=TOP_LEVEL)
-        .map(|l| {
-            let (a, b) = span(l, lo, hi);
-            if l == TOP_LEVEL {
-                (l, a, b)
+    let wanted: Vec<Wanted> = (1..=TOP_LEVEL)
+        .map(|level| {
+            let (a, b) = span(level, lo, hi);
+            if level == TOP_LEVEL {
+                Wanted { key, level, lo: a, hi: b }
             } else {
-                let (pa, pb) = span(l + 1, lo, hi);
-                (l, pa.saturating_mul(4), pb.saturating_mul(4).saturating_add(3))
+                let (pa, pb) = span(level + 1, lo, hi);
+                Wanted { key, level, lo: pa.saturating_mul(4), hi: pb.saturating_mul(4).saturating_add(3) }
             }
         })
         .collect();
-    load(conn, run_id, key, &wanted, &mut levels).await?;
+    load(conn, run_id, &wanted, &mut levels).await?;
     let (a, b) = span(1, lo, hi);
     let first = a.saturating_mul(width(1));
     let last = b.saturating_mul(width(1)).saturating_add(width(1) - 1);
     let mut fresh = Buckets::new();
     add_points(&mut fresh, width(1), &stored_points(conn, run_id, key, first, last).await?);
-    levels.replace(1, a, b, fresh);
+    levels.replace(key, 1, a, b, fresh);
     for level in 2..=TOP_LEVEL {
         let (a, b) = span(level, lo, hi);
         let mut fresh = Buckets::new();
-        let below = levels.level(level - 1);
+        let below = levels.level(key, level - 1);
         for (&child, bucket) in below.range(a.saturating_mul(4)..=b.saturating_mul(4).saturating_add(3)) {
             fresh.entry(child.div_euclid(4)).and_modify(|x: &mut Bucket| x.merge(bucket)).or_insert(*bucket);
         }
-        levels.replace(level, a, b, fresh);
+        levels.replace(key, level, a, b, fresh);
     }
-    save(conn, run_id, key, &levels).await
+    save(conn, run_id, &levels).await
 }
 
 fn step_range(points: &[Ranked]) -> Option<(i64, i64)> {
@@ -219,8 +239,8 @@ pub struct Thinned {
 pub async fn read(pool: &AnyPool, run_id: i64, key: &str, max_points: usize) -> anyhow::Result<Thinned> {
     let mut conn = pool.acquire().await?;
     let mut top = Levels::default();
-    load(&mut conn, run_id, key, &[(TOP_LEVEL, i64::MIN, i64::MAX)], &mut top).await?;
-    let buckets = top.level(TOP_LEVEL);
+    load(&mut conn, run_id, &[Wanted { key, level: TOP_LEVEL, lo: i64::MIN, hi: i64::MAX }], &mut top).await?;
+    let buckets = top.level(key, TOP_LEVEL);
     let total: u64 = buckets.values().map(|b| b.count).sum();
     let (Some(first), Some(last)) = (buckets.values().next(), buckets.values().next_back()) else {
         return Ok(Thinned { total, points: None });
@@ -234,9 +254,9 @@ pub async fn read(pool: &AnyPool, run_id: i64, key: &str, max_points: usize) -> 
         downsample::thin(buckets, plan.group)
     } else {
         let mut levels = Levels::default();
-        let (a, b) = span(plan.level, first, last);
-        load(&mut conn, run_id, key, &[(plan.level, a, b)], &mut levels).await?;
-        downsample::thin(levels.level(plan.level), plan.group)
+        let (lo, hi) = span(plan.level, first, last);
+        load(&mut conn, run_id, &[Wanted { key, level: plan.level, lo, hi }], &mut levels).await?;
+        downsample::thin(levels.level(key, plan.level), plan.group)
     };
     Ok(Thinned { total, points: Some(points) })
 }
