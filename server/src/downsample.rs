@@ -183,7 +183,7 @@ const RECORD: usize = 24 + 3 * POINT;
 
 /// The buckets of a chunk; `None` when the bytes are not a whole number of records.
 pub fn decode(bytes: &[u8], into: &mut Buckets) -> Option<()> {
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         return None;
     }
     let f = |s: &[u8], at: usize| f64::from_le_bytes(s[at..at + 8].try_into().unwrap());

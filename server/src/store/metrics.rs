@@ -173,9 +173,9 @@ pub async fn append(
     let sql = format!(
         "SELECT key, step, MAX(n) AS n FROM metrics WHERE run_id = {} AND step >= {} AND step <= {} AND key IN {} \
          GROUP BY key, step",
-        p.next(),
-        p.next(),
-        p.next(),
+        p.one(),
+        p.one(),
+        p.one(),
         p.tuple(keys.len())
     );
     let mut query = sqlx::query(&sql).bind(run_id).bind(lo).bind(hi);

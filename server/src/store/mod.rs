@@ -151,7 +151,7 @@ impl Placeholders {
         Placeholders { sqlite: conn.backend_name() == "SQLite", next: 0 }
     }
 
-    pub fn next(&mut self) -> String {
+    pub fn one(&mut self) -> String {
         self.next += 1;
         if self.sqlite {
             "?".into()
@@ -162,7 +162,7 @@ impl Placeholders {
 
     /// `n` placeholders in parentheses: one row of `VALUES`, or an `IN` list.
     pub fn tuple(&mut self, n: usize) -> String {
-        format!("({})", (0..n).map(|_| self.next()).collect::<Vec<_>>().join(", "))
+        format!("({})", (0..n).map(|_| self.one()).collect::<Vec<_>>().join(", "))
     }
 }
 

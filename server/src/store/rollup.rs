@@ -71,11 +71,11 @@ async fn load(conn: &mut AnyConnection, run_id: i64, wanted: &[Wanted<'_>], into
                 format!(
                     "SELECT key, level, data FROM metric_rollup WHERE run_id = {} AND key = {} AND level = {} \
                      AND chunk >= {} AND chunk <= {}",
-                    p.next(),
-                    p.next(),
-                    p.next(),
-                    p.next(),
-                    p.next()
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.one()
                 )
             })
             .collect();
