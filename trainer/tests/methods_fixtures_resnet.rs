@@ -87,7 +87,8 @@ impl Fixture {
 /// The teacher or student weights (with BatchNorm buffers), behind the reference normalization.
 fn resnet20(which: &str, normalization: &Normalization) -> Model {
     let path = fixture_dir().join(format!("resnet20_{which}.safetensors"));
-    let mut model = Model::load_weights(Arch::Resnet20, Dataset::Cifar10, &path, &Device::Cpu).expect("fixture weights");
+    let mut model =
+        Model::load_weights(Arch::Resnet20, Dataset::Cifar10, &path, &Device::Cpu).expect("fixture weights");
     model.normalization = normalization.clone();
     model
 }
@@ -132,7 +133,11 @@ fn assert_running_stats(fx: &Fixture, model: &Model) {
     let mut checked = 0;
     for (name, var) in model.named_vars() {
         if name.ends_with("running_mean") || name.ends_with("running_var") {
-            assert_tensor(&format!("{} running_after.{name}", fx.name), var.as_tensor(), fx.t(&format!("running_after.{name}")));
+            assert_tensor(
+                &format!("{} running_after.{name}", fx.name),
+                var.as_tensor(),
+                fx.t(&format!("running_after.{name}")),
+            );
             checked += 1;
         }
     }

@@ -1,6 +1,7 @@
 //! Classifiers built from an architecture name and the dataset's shape, with PyTorch `state_dict`
 //! parameter names and layouts so weights move between the two as safetensors files.
 
+pub mod import;
 mod init;
 mod lenet;
 mod linear;
