@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::config::Dataset;
 use crate::models::import::{self, NormalizationFlag, NormalizationSource, ReferenceArch};
+use crate::models::Normalization;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ImportFormat {
@@ -52,10 +53,14 @@ pub fn execute(args: ImportArgs, device: &candle_core::Device) -> anyhow::Result
     let source = match &imported.source {
         NormalizationSource::Checkpoint { mean_key, std_key } => format!("read from the file ({mean_key}, {std_key})"),
         NormalizationSource::Flag => "from --normalization".to_string(),
-        NormalizationSource::DatasetDefault => format!("the reference constants for {}", args.dataset.as_str()),
+        NormalizationSource::DatasetDefault => format!("the reference codes' default for {}", args.dataset.as_str()),
+    };
+    let constants = match &meta.normalization {
+        Normalization::None => "none".to_string(),
+        Normalization::MeanStd { mean, std } => format!("mean {mean:?}, std {std:?}"),
     };
     println!(
-        "imported {} ({} {} on {}, {} parameters; {} tensors loaded, {} ignored) into {}\nnormalization: {:?}, {source}",
+        "imported {} ({}: {} on {}, {} parameters; {} tensors loaded, {} ignored) into {}\nnormalization: {constants}, {source}",
         args.file.display(),
         args.arch,
         meta.arch.as_str(),
@@ -64,7 +69,6 @@ pub fn execute(args: ImportArgs, device: &candle_core::Device) -> anyhow::Result
         imported.loaded,
         imported.ignored,
         args.out.display(),
-        meta.normalization,
     );
     Ok(())
 }
