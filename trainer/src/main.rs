@@ -41,6 +41,7 @@ fn run(cli: Cli, threads: usize, reporter: &Reporter) -> anyhow::Result<()> {
         Command::Run { config } => cli::run::execute(cli::read_config(&config)?, &ctx),
         Command::Supervise(_) => unreachable!("handled in main"),
         Command::Data { cmd } => cli::data::execute(cmd),
+        Command::Import(args) => cli::import::execute(args, &ctx.device),
         Command::Bench(args) => cli::bench::execute(args, &ctx.device, ctx.threads),
         Command::Train(args) => cli::run::execute(args.into_run_config()?, &ctx),
         Command::Transfer(args) => cli::run::execute(args.into_run_config()?, &ctx),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod certify;
 pub mod data;
+pub mod import;
 pub mod run;
 pub mod supervise;
 pub mod train;
@@ -61,6 +62,8 @@ pub enum Command {
     Certify(certify::CertifyArgs),
     /// Predict with a smoothed classifier on the test split (Cohen et al.'s PREDICT): predict.tsv.
     Predict(certify::PredictArgs),
+    /// Import a model trained elsewhere: `import --from pytorch FILE --arch NAME --dataset NAME --out DIR`.
+    Import(import::ImportArgs),
     /// Speed of a training step and a certification batch, beside PyTorch's (items/s and ratio).
     Bench(bench::BenchArgs),
     /// Run a program (normally `crt-trainer run ...`) under supervision: its output into an attempt

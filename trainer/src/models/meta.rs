@@ -21,14 +21,55 @@ pub enum Normalization {
     MeanStd { mean: Vec<f32>, std: Vec<f32> },
 }
 
+/// CIFAR-10's constants in the reference codes (`_CIFAR10_MEAN`, `_CIFAR10_STDDEV` of Cohen et al.'s
+/// `code/datasets.py`, also Salman et al.'s): what new CIFAR-10 models use.
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const CIFAR10_STD: [f32; 3] = [0.2023, 0.1994, 0.2010];
+
+/// The std CRT Lab's CIFAR-10 models used before they took the reference constants (with
+/// [`CIFAR10_MEAN`]); such models keep it, as recorded in their `model.json`.
+pub const CIFAR10_STD_LEGACY: [f32; 3] = [0.2470, 0.2435, 0.2616];
+
 impl Normalization {
+    /// The normalization of a new model: the reference constants for CIFAR-10 (except the linear
+    /// baseline), none for the MNIST family (as the reference LeNets).
     pub fn for_model(arch: Arch, dataset: Dataset) -> Self {
         match (arch, dataset) {
             (Arch::Linear, _) => Normalization::None,
-            (_, Dataset::Cifar10) => {
-                Normalization::MeanStd { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] }
-            }
+            (_, Dataset::Cifar10) => Self::reference(dataset),
             _ => Normalization::None,
+        }
+    }
+
+    /// The reference codes' normalization layer for a dataset (none for the MNIST family).
+    pub fn reference(dataset: Dataset) -> Self {
+        match dataset {
+            Dataset::Cifar10 => Normalization::MeanStd { mean: CIFAR10_MEAN.to_vec(), std: CIFAR10_STD.to_vec() },
+            Dataset::Mnist | Dataset::FashionMnist => Normalization::None,
+        }
+    }
+
+    /// Checks that the constants fit an input of `channels` channels: one mean and one positive,
+    /// finite std per channel.
+    pub fn check(&self, channels: usize) -> std::result::Result<(), String> {
+        match self {
+            Normalization::None => Ok(()),
+            Normalization::MeanStd { mean, std } => {
+                if mean.len() != channels || std.len() != channels {
+                    return Err(format!(
+                        "normalization has {} mean and {} std values; the input has {channels} channels",
+                        mean.len(),
+                        std.len()
+                    ));
+                }
+                if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+                    return Err(format!("normalization mean {m} is not finite"));
+                }
+                if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                    return Err(format!("normalization std {s} is not a positive finite number"));
+                }
+                Ok(())
+            }
         }
     }
 

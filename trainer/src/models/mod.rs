@@ -1,6 +1,7 @@
 //! Classifiers built from an architecture name and the dataset's shape, with PyTorch `state_dict`
 //! parameter names and layouts so weights move between the two as safetensors files.
 
+pub mod import;
 mod init;
 mod lenet;
 mod linear;
@@ -70,10 +71,17 @@ impl Model {
         Ok(model)
     }
 
-    /// Loads `model.safetensors` and `model.json` from a trainer output directory.
+    /// Loads `model.safetensors` and `model.json` from a trainer output directory. The input
+    /// normalization is the one `model.json` records (a model keeps the constants it was trained
+    /// or imported with), not the default for new models.
     pub fn load_dir(dir: &Path, device: &Device) -> anyhow::Result<(Self, ModelMeta)> {
-        let meta = ModelMeta::read(&dir.join(meta::META_FILE))?;
-        let model = Model::load_weights(meta.arch, meta.dataset, &dir.join(meta::WEIGHTS_FILE), device)?;
+        let meta_path = dir.join(meta::META_FILE);
+        let meta = ModelMeta::read(&meta_path)?;
+        meta.normalization
+            .check(meta.dataset.image_shape().0)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", meta_path.display()))?;
+        let mut model = Model::load_weights(meta.arch, meta.dataset, &dir.join(meta::WEIGHTS_FILE), device)?;
+        model.normalization = meta.normalization.clone();
         Ok((model, meta))
     }
 
