@@ -6,31 +6,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use common::{Server, SseClient, TestEnv};
-
-/// Runs the client script against `server`; returns its summary (the last stdout line).
-fn run_client_script(server: &Server, token: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mlflow/client_script.py");
-    let out = Command::new(common::python())
-        .arg(script)
-        .env("MLFLOW_TRACKING_URI", &server.base)
-        .env("MLFLOW_TRACKING_TOKEN", token)
-        // No network calls from the client beyond our server.
-        .env("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-        .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        .output()
-        .expect("running the MLflow client script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the client script failed:\n{stderr}\n{stdout}\nserver log:\n{}", server.log());
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("summary: {e}: {stdout}"))
-}
 
 async fn mlflow_get(server: &Server, path: &str) -> (StatusCode, Value) {
     server.get(&format!("/api/2.0/mlflow/{path}")).await
@@ -46,7 +27,7 @@ async fn the_real_mlflow_client_logs_into_crt_lab() {
     let token = env.token("write");
     let mut server = env.server_with(&["--require-auth", "--trainer-bin", "/bin/false"]);
     server.use_token(&token);
-    let summary = run_client_script(&server, &token);
+    let summary = common::run_mlflow_client_script(&server, &token);
     assert_eq!(summary["failures"], json!([]), "{summary}");
     let exp: i64 = summary["experiment_id"].as_str().unwrap().parse().unwrap();
     let main: i64 = summary["main"].as_str().unwrap().parse().unwrap();

@@ -621,3 +621,22 @@ pub fn python() -> PathBuf {
     assert!(p.is_file(), "{} is missing: run scripts/py-venv.sh first", p.display());
     p
 }
+
+/// Runs tests/mlflow/client_script.py (the real MLflow client) against `server`; returns its
+/// summary (the last stdout line: the ids of the runs it made, and its failed checks).
+pub fn run_mlflow_client_script(server: &Server, token: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mlflow/client_script.py");
+    let out = Command::new(python())
+        .arg(script)
+        .env("MLFLOW_TRACKING_URI", &server.base)
+        .env("MLFLOW_TRACKING_TOKEN", token)
+        // No network calls from the client beyond our server.
+        .env("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        .output()
+        .expect("running the MLflow client script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the client script failed:\n{stderr}\n{stdout}\nserver log:\n{}", server.log());
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("summary: {e}: {stdout}"))
+}
