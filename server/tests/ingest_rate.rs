@@ -4,6 +4,8 @@
 //! broadcast — into a fresh database (SQLite file, or Postgres with `CRT_TEST_DB=postgres`).
 //! Prints points per second. Also checks that non-finite values are stored and read back.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -133,8 +135,10 @@ async fn metric_ingest_rate() {
         points as f64 / secs,
         2.0 * EVENTS as f64 / secs
     );
-    drop(store);
+    store.pool.close().await;
     if let Some((admin, name)) = cleanup {
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await.unwrap();
+        admin.close().await;
+        let admin_url = std::env::var("CRT_TEST_POSTGRES_URL").unwrap();
+        tokio::task::spawn_blocking(move || common::drop_database(&admin_url, &name)).await.unwrap();
     }
 }

@@ -172,7 +172,7 @@ impl Drop for TestEnv {
         // Runs outlive their server (--on-exit detach): end this test's trainers and jobs.
         end_attempts_under(self.dir.path());
         if let Some((admin, name)) = self.pg.take() {
-            pg_admin(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            drop_database(&admin, &name);
         }
     }
 }
@@ -180,17 +180,37 @@ impl Drop for TestEnv {
 /// Runs one statement on the Postgres admin database (on its own thread and runtime, so it
 /// works from Drop and from async tests alike).
 fn pg_admin(admin_url: &str, sql: &str) {
+    try_pg_admin(admin_url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn try_pg_admin(admin_url: &str, sql: &str) -> Result<(), String> {
     let (url, sql) = (admin_url.to_string(), sql.to_string());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&url).await.expect("connecting to CRT_TEST_POSTGRES_URL");
-            sqlx::query(&sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            sqlx::query(&sql).execute(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
         })
     })
     .join()
-    .expect("postgres admin statement");
+    .expect("postgres admin statement")
+}
+
+/// Drops a test database. `WITH (FORCE)` ends our own leftover connections, but it is refused
+/// while an autovacuum worker (a superuser's process) is in the database, which a test that
+/// wrote much can trigger; a plain `DROP DATABASE` makes autovacuum leave, so that is the retry.
+pub fn drop_database(admin_url: &str, name: &str) {
+    let mut last = String::new();
+    for attempt in 0..40 {
+        let force = if attempt % 2 == 0 { " WITH (FORCE)" } else { "" };
+        match try_pg_admin(admin_url, &format!("DROP DATABASE IF EXISTS {name}{force}")) {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("DROP DATABASE {name} kept failing for 10 s: {last}");
 }
 
 fn with_database(url: &str, db: &str) -> String {
