@@ -3,83 +3,33 @@
 //! discrete decisions, within the README's tolerances. Hyperparameters come from each file's
 //! `fixture` metadata.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod fixtures_common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use crt_trainer::config::{Arch, Dataset};
 use crt_trainer::methods::{
     consistency_loss, crt_loss, gaussian_loss, kd_loss, macer_loss, smoothadv_attack, smoothadv_loss, smoothmix_attack,
     smoothmix_loss, Attack, MacerParams,
 };
 use crt_trainer::models::Model;
-use serde_json::Value;
+use fixtures_common::{fixture_dir, max_abs_diff, to_f64, Fixture};
 
 const PARAMS: [&str; 8] =
     ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"];
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
+/// A LeNet method file (`<method>.safetensors`).
+fn load(method: &str) -> Fixture {
+    Fixture::read(method, method)
 }
 
-/// One method file: its tensors and the JSON of its `fixture` metadata.
-struct Fixture {
-    name: &'static str,
-    tensors: HashMap<String, Tensor>,
-    info: Value,
-}
-
-impl Fixture {
-    fn load(name: &'static str) -> Fixture {
-        let path = fixture_dir().join(format!("{name}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("safetensors header");
-        let json = meta.metadata().as_ref().and_then(|m| m.get("fixture")).expect("`fixture` metadata key");
-        let info: Value = serde_json::from_str(json).expect("fixture metadata is JSON");
-        assert_eq!(info["method"], name, "{} holds another method", path.display());
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).expect("fixture tensors");
-        Fixture { name, tensors, info }
-    }
-
-    fn t(&self, key: &str) -> &Tensor {
-        self.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
-    }
-
-    fn hp(&self, key: &str) -> f64 {
-        self.info["hparams"][key].as_f64().unwrap_or_else(|| panic!("{}: no hyperparameter {key}", self.name))
-    }
-
-    fn hp_usize(&self, key: &str) -> usize {
-        self.hp(key) as usize
-    }
-
-    fn scalar(&self, key: &str) -> f64 {
-        f64::from(self.t(key).to_scalar::<f32>().unwrap())
-    }
-
-    fn mask(&self, key: &str) -> Vec<bool> {
-        self.t(key).to_vec1::<u8>().unwrap().into_iter().map(|v| v == 1).collect()
-    }
-
-    /// The model whose gradients the file stores (the teacher for methods 1-5, the student for 6-7).
-    fn trained_model(&self) -> Model {
-        lenet(self.info["params_of"].as_str().expect("params_of"))
-    }
+/// The model whose gradients the file stores (the teacher for methods 1-5, the student for 6-7).
+fn trained_model(fx: &Fixture) -> Model {
+    lenet(fx.info["params_of"].as_str().expect("params_of"))
 }
 
 fn lenet(which: &str) -> Model {
     let path = fixture_dir().join(format!("lenet_{which}.safetensors"));
     Model::load_weights(Arch::Lenet, Dataset::Mnist, &path, &Device::Cpu).expect("fixture weights")
-}
-
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
-}
-
-/// max |got - want|.
-fn max_abs_diff(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims(), "shape");
-    to_f64(got).iter().zip(to_f64(want)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
 /// README: |L - L_ref| <= 1e-4 |L_ref|.
@@ -126,8 +76,8 @@ fn assert_attack(fx: &Fixture, attack: &Attack) {
 
 #[test]
 fn gaussian_matches_reference() {
-    let fx = Fixture::load("gaussian");
-    let model = fx.trained_model();
+    let fx = load("gaussian");
+    let model = trained_model(&fx);
     let noisy = (fx.t("x") + fx.t("noise")).unwrap();
     let logits = model.forward_t(&noisy, true).unwrap();
     assert_close_rel("gaussian logits", &to_f64(&logits), fx.t("dbg.logits"));
@@ -143,8 +93,8 @@ fn smoothadv_attack_of(fx: &Fixture, model: &Model) -> Attack {
 
 #[test]
 fn smoothadv_loss_at_stored_adversarial_point() {
-    let fx = Fixture::load("smoothadv");
-    let model = fx.trained_model();
+    let fx = load("smoothadv");
+    let model = trained_model(&fx);
     let loss = smoothadv_loss(&model, fx.t("x_adv"), fx.t("y"), fx.t("noise")).unwrap();
     assert_loss("smoothadv", &loss, fx.scalar("loss"));
     assert_grads(&fx, &model, &loss);
@@ -152,8 +102,8 @@ fn smoothadv_loss_at_stored_adversarial_point() {
 
 #[test]
 fn smoothadv_attack_matches_reference_iterates() {
-    let fx = Fixture::load("smoothadv");
-    let attack = smoothadv_attack_of(&fx, &fx.trained_model());
+    let fx = load("smoothadv");
+    let attack = smoothadv_attack_of(&fx, &trained_model(&fx));
     assert_attack(&fx, &attack);
     // The step-2 projection is active for every sample: the perturbation sits on the eps sphere.
     let delta = (&attack.x_adv - fx.t("x")).unwrap();
@@ -164,8 +114,8 @@ fn smoothadv_attack_matches_reference_iterates() {
 
 #[test]
 fn smoothadv_end_to_end() {
-    let fx = Fixture::load("smoothadv");
-    let model = fx.trained_model();
+    let fx = load("smoothadv");
+    let model = trained_model(&fx);
     let attack = smoothadv_attack_of(&fx, &model);
     let loss = smoothadv_loss(&model, &attack.x_adv, fx.t("y"), fx.t("noise")).unwrap();
     assert_loss("smoothadv end to end", &loss, fx.scalar("loss"));
@@ -178,8 +128,8 @@ fn macer_params(fx: &Fixture, gamma: f64) -> MacerParams {
 
 #[test]
 fn macer_matches_reference() {
-    let fx = Fixture::load("macer");
-    let model = fx.trained_model();
+    let fx = load("macer");
+    let model = trained_model(&fx);
     assert_eq!(fx.t("noise").dim(1).unwrap(), fx.hp_usize("k"));
     let out = macer_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise"), &macer_params(&fx, fx.hp("gamma"))).unwrap();
     assert_eq!(out.correct, fx.mask("dbg.correct"));
@@ -191,8 +141,8 @@ fn macer_matches_reference() {
 
 #[test]
 fn macer_hinge_filter_with_smaller_gamma() {
-    let fx = Fixture::load("macer");
-    let model = fx.trained_model();
+    let fx = load("macer");
+    let model = trained_model(&fx);
     let gamma2 = fx.scalar("aux.gamma2");
     let out = macer_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise"), &macer_params(&fx, gamma2)).unwrap();
     let kept = fx.mask("aux.kept_gamma2");
@@ -203,8 +153,8 @@ fn macer_hinge_filter_with_smaller_gamma() {
 
 #[test]
 fn consistency_matches_reference() {
-    let fx = Fixture::load("consistency");
-    let model = fx.trained_model();
+    let fx = load("consistency");
+    let model = trained_model(&fx);
     assert_eq!(fx.t("noise").dim(1).unwrap(), fx.hp_usize("m"));
     let loss = consistency_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise"), fx.hp("lbd"), fx.hp("eta")).unwrap();
     assert_loss("consistency", &loss, fx.scalar("loss"));
@@ -228,28 +178,28 @@ fn check_smoothmix_loss(fx: &Fixture, model: &Model, x_adv: &Tensor) {
 
 #[test]
 fn smoothmix_loss_at_stored_adversarial_point() {
-    let fx = Fixture::load("smoothmix");
-    check_smoothmix_loss(&fx, &fx.trained_model(), fx.t("x_adv"));
+    let fx = load("smoothmix");
+    check_smoothmix_loss(&fx, &trained_model(&fx), fx.t("x_adv"));
 }
 
 #[test]
 fn smoothmix_attack_matches_reference_iterates() {
-    let fx = Fixture::load("smoothmix");
-    assert_attack(&fx, &smoothmix_attack_of(&fx, &fx.trained_model()));
+    let fx = load("smoothmix");
+    assert_attack(&fx, &smoothmix_attack_of(&fx, &trained_model(&fx)));
 }
 
 #[test]
 fn smoothmix_end_to_end() {
-    let fx = Fixture::load("smoothmix");
-    let model = fx.trained_model();
+    let fx = load("smoothmix");
+    let model = trained_model(&fx);
     let attack = smoothmix_attack_of(&fx, &model);
     check_smoothmix_loss(&fx, &model, &attack.x_adv);
 }
 
 #[test]
 fn crt_matches_reference() {
-    let fx = Fixture::load("crt");
-    let (student, teacher) = (fx.trained_model(), lenet("teacher"));
+    let fx = load("crt");
+    let (student, teacher) = (trained_model(&fx), lenet("teacher"));
     let loss = crt_loss(&student, &teacher, fx.t("x"), fx.t("y"), fx.t("noise"), fx.hp("alpha")).unwrap();
     assert_loss("crt", &loss, fx.scalar("loss"));
     assert_grads(&fx, &student, &loss);
@@ -260,8 +210,8 @@ fn crt_matches_reference() {
 
 #[test]
 fn kd_matches_reference() {
-    let fx = Fixture::load("kd");
-    let (student, teacher) = (fx.trained_model(), lenet("teacher"));
+    let fx = load("kd");
+    let (student, teacher) = (trained_model(&fx), lenet("teacher"));
     let (t, w) = (fx.hp("temperature"), fx.hp("ce_weight"));
     let loss = kd_loss(&student, &teacher, fx.t("x"), fx.t("y"), fx.t("noise"), t, w).unwrap();
     assert_loss("kd", &loss, fx.scalar("loss"));

@@ -15,73 +15,39 @@
 //! run in eval mode, losses in train mode on the B*m copies as ONE batch (row b*m + i), BatchNorm
 //! normalizes with the biased batch variance and updates running_var with the unbiased one.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod fixtures_common;
 
 use candle_core::{DType, Device, Tensor};
 use crt_trainer::config::{Arch, Dataset};
 use crt_trainer::methods::{crt_loss, gaussian_loss, macer_loss, smoothadv_attack, smoothadv_loss, MacerParams};
 use crt_trainer::models::{Model, Normalization};
-use serde_json::Value;
+use fixtures_common::{fixture_dir, max_abs_diff, to_f64, Fixture};
 
 /// Parameter tensors of a ResNet-20 (21 convolutions, 21 x 2 BatchNorm, fc weight and bias).
 const PARAMETERS: usize = 65;
 /// running_mean and running_var of the 21 BatchNorm layers.
 const RUNNING: usize = 42;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
+/// A ResNet-20 method file (`resnet20_<method>.safetensors`).
+fn load(method: &str) -> Fixture {
+    let fx = Fixture::read(&format!("resnet20_{method}"), method);
+    assert_eq!(fx.info["model"], "resnet20");
+    fx
 }
 
-struct Fixture {
-    name: &'static str,
-    tensors: HashMap<String, Tensor>,
-    info: Value,
+/// The normalization recorded in the file's metadata.
+fn normalization(fx: &Fixture) -> Normalization {
+    let floats = |key: &str| -> Vec<f32> {
+        let values = fx.info["normalization"][key].as_array().unwrap_or_else(|| panic!("normalization.{key}"));
+        values.iter().map(|v| v.as_f64().unwrap() as f32).collect()
+    };
+    Normalization::MeanStd { mean: floats("mean"), std: floats("std") }
 }
 
-/// A file's tensors and the JSON of its `fixture` metadata.
-fn read(file: &str) -> (HashMap<String, Tensor>, Value) {
-    let path = fixture_dir().join(format!("{file}.safetensors"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("safetensors header");
-    let json = meta.metadata().as_ref().and_then(|m| m.get("fixture")).expect("`fixture` metadata key");
-    let info: Value = serde_json::from_str(json).expect("fixture metadata is JSON");
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).expect("fixture tensors");
-    (tensors, info)
-}
-
-impl Fixture {
-    fn load(name: &'static str) -> Fixture {
-        let (tensors, info) = read(&format!("resnet20_{name}"));
-        assert_eq!(info["method"], name, "resnet20_{name} holds another method");
-        assert_eq!(info["model"], "resnet20");
-        Fixture { name, tensors, info }
-    }
-
-    fn t(&self, key: &str) -> &Tensor {
-        self.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
-    }
-
-    fn hp(&self, key: &str) -> f64 {
-        self.info["hparams"][key].as_f64().unwrap_or_else(|| panic!("{}: no hyperparameter {key}", self.name))
-    }
-
-    fn scalar(&self, key: &str) -> f64 {
-        f64::from(self.t(key).to_scalar::<f32>().unwrap())
-    }
-
-    fn mask(&self, key: &str) -> Vec<bool> {
-        self.t(key).to_vec1::<u8>().unwrap().into_iter().map(|v| v == 1).collect()
-    }
-
-    /// The normalization recorded in the file's metadata.
-    fn normalization(&self) -> Normalization {
-        let floats = |key: &str| -> Vec<f32> {
-            let values = self.info["normalization"][key].as_array().unwrap_or_else(|| panic!("normalization.{key}"));
-            values.iter().map(|v| v.as_f64().unwrap() as f32).collect()
-        };
-        Normalization::MeanStd { mean: floats("mean"), std: floats("std") }
-    }
+/// The tensors of the teacher's or the student's weights file.
+fn weights(which: &str) -> std::collections::HashMap<String, Tensor> {
+    let path = fixture_dir().join(format!("resnet20_{which}.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu).expect("fixture weights")
 }
 
 /// The teacher or student weights (with BatchNorm buffers), behind the reference normalization.
@@ -94,20 +60,11 @@ fn resnet20(which: &str, normalization: &Normalization) -> Model {
 }
 
 fn trained_model(fx: &Fixture) -> Model {
-    resnet20(fx.info["params_of"].as_str().expect("params_of"), &fx.normalization())
-}
-
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+    resnet20(fx.info["params_of"].as_str().expect("params_of"), &normalization(fx))
 }
 
 fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-}
-
-fn max_abs_diff(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims(), "shape");
-    to_f64(got).iter().zip(to_f64(want)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
 /// |L - L_ref| <= 1e-5 |L_ref|.
@@ -172,8 +129,8 @@ fn assert_grads(fx: &Fixture, model: &Model, loss: &Tensor) {
 
 #[test]
 fn forward_eval_train_and_running_statistics() {
-    let fx = Fixture::load("forward");
-    let norm = fx.normalization();
+    let fx = load("forward");
+    let norm = normalization(&fx);
     // The stored constants are the metadata's, and the reference ones.
     assert_tensor("norm.mean", &Tensor::new(&[0.4914f32, 0.4822, 0.4465], &Device::Cpu).unwrap(), fx.t("norm.mean"));
     assert_tensor("norm.std", &Tensor::new(&[0.2023f32, 0.1994, 0.2010], &Device::Cpu).unwrap(), fx.t("norm.std"));
@@ -183,7 +140,7 @@ fn forward_eval_train_and_running_statistics() {
     let eval = model.forward_t(fx.t("x"), false).unwrap();
     assert_tensor("logits_eval", &eval, fx.t("logits_eval"));
     // Eval mode leaves the buffers as loaded.
-    let (teacher, _) = read("resnet20_teacher");
+    let teacher = weights("teacher");
     for (name, var) in model.named_vars() {
         if name.ends_with("running_var") {
             assert_eq!(max_abs_diff(var.as_tensor(), &teacher[&name]), 0.0, "{name} changed in eval mode");
@@ -202,7 +159,7 @@ fn forward_eval_train_and_running_statistics() {
 
 #[test]
 fn gaussian_matches_reference() {
-    let fx = Fixture::load("gaussian");
+    let fx = load("gaussian");
     let model = trained_model(&fx);
     let loss = gaussian_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise")).unwrap();
     assert_loss("gaussian", &loss, fx.scalar("loss"));
@@ -212,7 +169,7 @@ fn gaussian_matches_reference() {
 
 #[test]
 fn gaussian_logits_in_train_mode() {
-    let fx = Fixture::load("gaussian");
+    let fx = load("gaussian");
     let model = trained_model(&fx);
     let noisy = (fx.t("x") + fx.t("noise")).unwrap();
     assert_tensor("gaussian dbg.logits", &model.forward_t(&noisy, true).unwrap(), fx.t("dbg.logits"));
@@ -225,7 +182,7 @@ fn smoothadv_attack_of(fx: &Fixture, model: &Model) -> crt_trainer::methods::Att
 
 #[test]
 fn smoothadv_loss_at_stored_adversarial_point() {
-    let fx = Fixture::load("smoothadv");
+    let fx = load("smoothadv");
     let model = trained_model(&fx);
     let loss = smoothadv_loss(&model, fx.t("x_adv"), fx.t("y"), fx.t("noise")).unwrap();
     assert_loss("smoothadv", &loss, fx.scalar("loss"));
@@ -235,7 +192,7 @@ fn smoothadv_loss_at_stored_adversarial_point() {
 
 #[test]
 fn smoothadv_attack_in_eval_mode_matches_reference_iterates() {
-    let fx = Fixture::load("smoothadv");
+    let fx = load("smoothadv");
     let model = trained_model(&fx);
     let attack = smoothadv_attack_of(&fx, &model);
     let step1 = max_abs_diff(&attack.iterates[0], fx.t("dbg.x_adv_step1"));
@@ -247,7 +204,7 @@ fn smoothadv_attack_in_eval_mode_matches_reference_iterates() {
         assert_scalar("smoothadv attack objective", f64::from(*got), *want);
     }
     // The attack runs in eval mode: the buffers are untouched, so they still equal the file's.
-    let (teacher, _) = read("resnet20_teacher");
+    let teacher = weights("teacher");
     for (name, var) in model.named_vars() {
         if name.ends_with("running_mean") {
             assert_eq!(max_abs_diff(var.as_tensor(), &teacher[&name]), 0.0, "{name} changed by the attack");
@@ -257,7 +214,7 @@ fn smoothadv_attack_in_eval_mode_matches_reference_iterates() {
 
 #[test]
 fn smoothadv_end_to_end() {
-    let fx = Fixture::load("smoothadv");
+    let fx = load("smoothadv");
     let model = trained_model(&fx);
     let attack = smoothadv_attack_of(&fx, &model);
     let loss = smoothadv_loss(&model, &attack.x_adv, fx.t("y"), fx.t("noise")).unwrap();
@@ -272,7 +229,7 @@ fn macer_params(fx: &Fixture, gamma: f64) -> MacerParams {
 
 #[test]
 fn macer_matches_reference() {
-    let fx = Fixture::load("macer");
+    let fx = load("macer");
     let model = trained_model(&fx);
     assert_eq!(fx.t("noise").dim(1).unwrap(), fx.hp("k") as usize);
     let out = macer_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise"), &macer_params(&fx, fx.hp("gamma"))).unwrap();
@@ -287,7 +244,7 @@ fn macer_matches_reference() {
 
 #[test]
 fn macer_hinge_filter_with_smaller_gamma() {
-    let fx = Fixture::load("macer");
+    let fx = load("macer");
     let model = trained_model(&fx);
     let gamma2 = fx.scalar("aux.gamma2");
     let out = macer_loss(&model, fx.t("x"), fx.t("y"), fx.t("noise"), &macer_params(&fx, gamma2)).unwrap();
@@ -299,8 +256,8 @@ fn macer_hinge_filter_with_smaller_gamma() {
 
 #[test]
 fn crt_matches_reference() {
-    let fx = Fixture::load("crt");
-    let norm = fx.normalization();
+    let fx = load("crt");
+    let norm = normalization(&fx);
     let (student, teacher) = (trained_model(&fx), resnet20("teacher", &norm));
     assert_eq!(fx.info["params_of"], "student");
     let loss = crt_loss(&student, &teacher, fx.t("x"), fx.t("y"), fx.t("noise"), fx.hp("alpha")).unwrap();
@@ -310,7 +267,7 @@ fn crt_matches_reference() {
     // The frozen teacher (eval mode) gets no gradient and keeps its buffers.
     let grads = loss.backward().unwrap();
     assert!(teacher.trainable_vars().iter().all(|(_, v)| grads.get(v.as_tensor()).is_none()));
-    let (file, _) = read("resnet20_teacher");
+    let file = weights("teacher");
     for (name, var) in teacher.named_vars() {
         assert_eq!(max_abs_diff(var.as_tensor(), &file[&name]), 0.0, "teacher {name} changed");
     }
