@@ -116,13 +116,28 @@ impl Recorder {
 
     /// Stores `batch` in one transaction, with the source's new position when it has one.
     pub async fn record(&self, batch: &[Incoming], cursor: Option<Cursor>) -> anyhow::Result<()> {
+        // An external client's points, and their one live event, made before the (only) write
+        // lock is taken: other requests can be stored meanwhile.
+        let logged: Vec<Logged> = batch
+            .iter()
+            .filter_map(|item| match item {
+                Incoming::Logged(point) => Some(point.clone()),
+                _ => None,
+            })
+            .collect();
+        let logged_event = (!logged.is_empty()).then(|| {
+            let points: Vec<serde_json::Value> = logged
+                .iter()
+                .map(|p| json!({ "key": p.key, "step": p.step, "ts": p.ts, "value": metrics::value_json(p.value) }))
+                .collect();
+            store::journal::EventData::from(json!({ "points": points }))
+        });
         let mut w = self.store.write().await?;
         let mut progress = None;
         // The latest point per key is written once per batch, not once per line.
         let mut latest: HashMap<String, MetricPoint> = HashMap::new();
         // A trainer's points per key, for the chart levels.
         let mut stepped: BTreeMap<String, Vec<Ranked>> = BTreeMap::new();
-        let mut logged: Vec<Logged> = Vec::new();
         let mut external = false;
         for item in batch {
             match item {
@@ -143,7 +158,6 @@ impl Recorder {
                     if (p.step, p.ts) >= (newest.step, newest.ts) {
                         *newest = p;
                     }
-                    logged.push(point.clone());
                 }
                 Incoming::Param { key, value } => {
                     store::mlflow::upsert(w.conn(), KvTable::Params, self.run_id, key, value).await?;
@@ -166,15 +180,11 @@ impl Recorder {
         if !stepped.is_empty() {
             self.update_chart_levels(&mut w, &stepped).await?;
         }
-        if !logged.is_empty() {
+        if let Some(event) = logged_event {
             let stored = metrics::append(w.conn(), self.run_id, &logged).await?;
             store::rollup::add(w.conn(), self.run_id, &stored).await?;
             // One live event for the whole batch, however many steps it spans.
-            let points: Vec<serde_json::Value> = logged
-                .iter()
-                .map(|p| json!({ "key": p.key, "step": p.step, "ts": p.ts, "value": metrics::value_json(p.value) }))
-                .collect();
-            w.journal(self.run_id, self.experiment_id, "metrics", json!({ "points": points })).await?;
+            w.journal(self.run_id, self.experiment_id, "metrics", event).await?;
             external = true;
         }
         if external {

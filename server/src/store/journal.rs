@@ -39,12 +39,26 @@ impl JournalEntry {
     }
 }
 
+/// An event's fields with their stored text, so a large event can be serialized before the
+/// write lock is taken.
+pub struct EventData {
+    value: Value,
+    text: String,
+}
+
+impl From<Value> for EventData {
+    fn from(value: Value) -> EventData {
+        let text = value.to_string();
+        EventData { value, text }
+    }
+}
+
 pub(crate) async fn append(
     conn: &mut AnyConnection,
     run_id: i64,
     experiment_id: i64,
     kind: &str,
-    data: Value,
+    data: EventData,
 ) -> anyhow::Result<JournalEntry> {
     let ts = unix_now();
     let seq: i64 = sqlx::query(
@@ -54,12 +68,12 @@ pub(crate) async fn append(
     .bind(experiment_id)
     .bind(ts)
     .bind(kind)
-    .bind(data.to_string())
+    .bind(data.text)
     .fetch_one(&mut *conn)
     .await
     .context("cannot append to the run event journal")?
     .try_get("seq")?;
-    Ok(JournalEntry { seq, run_id, experiment_id, ts, kind: kind.to_string(), data })
+    Ok(JournalEntry { seq, run_id, experiment_id, ts, kind: kind.to_string(), data: data.value })
 }
 
 /// Which events a stream carries.

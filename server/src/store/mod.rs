@@ -118,9 +118,9 @@ impl WriteTx<'_> {
         run_id: i64,
         experiment_id: i64,
         kind: &str,
-        data: serde_json::Value,
+        data: impl Into<journal::EventData>,
     ) -> anyhow::Result<i64> {
-        let entry = journal::append(&mut self.tx, run_id, experiment_id, kind, data).await?;
+        let entry = journal::append(&mut self.tx, run_id, experiment_id, kind, data.into()).await?;
         let seq = entry.seq;
         self.entries.push(entry);
         Ok(seq)

@@ -15,16 +15,19 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use crate::downsample::{self, add_points, width, Bucket, Buckets, Ranked, CHUNK, TOP_LEVEL};
 use crate::store::metrics::MetricPoint;
 
-/// Loaded buckets by (key, level), and the chunks that changed.
+/// Loaded buckets by key and level, and the chunks that changed.
 #[derive(Default)]
 struct Levels {
-    buckets: BTreeMap<(String, u32), Buckets>,
-    dirty: BTreeSet<(String, u32, i64)>,
+    buckets: BTreeMap<String, BTreeMap<u32, Buckets>>,
+    dirty: BTreeMap<String, BTreeSet<(u32, i64)>>,
 }
 
 impl Levels {
     fn level(&mut self, key: &str, level: u32) -> &mut Buckets {
-        self.buckets.entry((key.to_string(), level)).or_default()
+        if !self.buckets.contains_key(key) {
+            self.buckets.insert(key.to_string(), BTreeMap::new());
+        }
+        self.buckets.get_mut(key).expect("inserted above").entry(level).or_default()
     }
 
     /// Replaces the buckets `lo ..= hi` of a level with `fresh`; the chunks of the buckets
@@ -43,7 +46,10 @@ impl Levels {
     }
 
     fn mark(&mut self, key: &str, level: u32, bucket: i64) {
-        self.dirty.insert((key.to_string(), level, bucket.div_euclid(CHUNK)));
+        if !self.dirty.contains_key(key) {
+            self.dirty.insert(key.to_string(), BTreeSet::new());
+        }
+        self.dirty.get_mut(key).expect("inserted above").insert((level, bucket.div_euclid(CHUNK)));
     }
 }
 
@@ -103,20 +109,22 @@ async fn load(conn: &mut AnyConnection, run_id: i64, wanted: &[Wanted<'_>], into
 async fn save(conn: &mut AnyConnection, run_id: i64, levels: &Levels) -> anyhow::Result<()> {
     let mut rows: Vec<(&str, i64, i64, Vec<u8>)> = Vec::new();
     let empty = Buckets::new();
-    for (key, level, chunk) in &levels.dirty {
-        let buckets = levels.buckets.get(&(key.clone(), *level)).unwrap_or(&empty);
-        let part: Buckets =
-            buckets.range(chunk * CHUNK..(chunk + 1).saturating_mul(CHUNK)).map(|(b, x)| (*b, *x)).collect();
-        if part.is_empty() {
-            sqlx::query("DELETE FROM metric_rollup WHERE run_id = $1 AND key = $2 AND level = $3 AND chunk = $4")
-                .bind(run_id)
-                .bind(key.as_str())
-                .bind(*level as i64)
-                .bind(*chunk)
-                .execute(&mut *conn)
-                .await?;
-        } else {
-            rows.push((key, *level as i64, *chunk, downsample::encode(&part)));
+    for (key, dirty) in &levels.dirty {
+        for &(level, chunk) in dirty {
+            let buckets = levels.buckets.get(key).and_then(|l| l.get(&level)).unwrap_or(&empty);
+            let part: Buckets =
+                buckets.range(chunk * CHUNK..(chunk + 1).saturating_mul(CHUNK)).map(|(b, x)| (*b, *x)).collect();
+            if part.is_empty() {
+                sqlx::query("DELETE FROM metric_rollup WHERE run_id = $1 AND key = $2 AND level = $3 AND chunk = $4")
+                    .bind(run_id)
+                    .bind(key.as_str())
+                    .bind(level as i64)
+                    .bind(chunk)
+                    .execute(&mut *conn)
+                    .await?;
+            } else {
+                rows.push((key, level as i64, chunk, downsample::encode(&part)));
+            }
         }
     }
     for batch in rows.chunks(200) {
@@ -150,8 +158,13 @@ pub async fn add(conn: &mut AnyConnection, run_id: i64, by_key: &BTreeMap<String
         for level in 1..=TOP_LEVEL {
             add_points(levels.level(key, level), width(level), points);
             // Only the chunks that got points change (sparse steps may skip whole chunks).
+            let mut marked = None;
             for p in points {
-                levels.mark(key, level, p.p.step.div_euclid(width(level)));
+                let chunk = p.p.step.div_euclid(width(level)).div_euclid(CHUNK);
+                if marked != Some(chunk) {
+                    levels.mark(key, level, chunk * CHUNK);
+                    marked = Some(chunk);
+                }
             }
         }
     }
