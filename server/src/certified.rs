@@ -6,7 +6,21 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crt_trainer::config::RunKind;
 use crt_trainer::events::Certificate;
+
+/// Whether a run holds a certification's per-image results: a certify run, or an external run
+/// imported as one (`POST /api/v1/experiments/{id}/imports/certification`, whose config records
+/// `"imported"`). The one statement of this rule; runs show it as `is_certification`.
+pub fn is_certification(kind: RunKind, config: &serde_json::Value) -> bool {
+    match kind {
+        RunKind::Certify => true,
+        RunKind::External => {
+            config.get("kind").and_then(|k| k.as_str()) == Some("certify") && config.get("imported").is_some()
+        }
+        _ => false,
+    }
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RadiusAccuracy {
