@@ -106,6 +106,21 @@ async fn a_reference_tsv_becomes_a_finished_external_certification() {
     let body = server.http.get(server.url(&format!("/api/v1/runs/{id}/artifacts/certify.tsv"))).send().await.unwrap();
     assert_eq!(body.text().await.unwrap(), EXCERPT);
 
+    // An MLflow client cannot log to it: its results are final.
+    let (st, err) = server
+        .post(
+            "/api/2.0/mlflow/runs/log-metric",
+            &serde_json::json!({"run_id": id.to_string(), "key": "acr", "value": 9.0, "timestamp": 0, "step": 0}),
+        )
+        .await;
+    assert!(!st.is_success() && err["error_code"] == "INVALID_STATE", "{st} {err}");
+    assert!(err["message"].as_str().unwrap().contains("imported certification"), "{err}");
+    let (st, err) = server
+        .post("/api/2.0/mlflow/runs/update", &serde_json::json!({"run_id": id.to_string(), "status": "RUNNING"}))
+        .await;
+    assert!(!st.is_success() && err["error_code"] == "INVALID_STATE", "{st} {err}");
+    assert_eq!(server.run(id).await["status"], "finished");
+
     // It is listed with the experiment's runs, and filtering by kind finds it.
     let (_, listed) = server.get(&format!("/api/v1/experiments/{exp}/runs?kind=external")).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");

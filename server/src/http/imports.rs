@@ -34,6 +34,8 @@ use crate::store::{self};
 
 /// The file's name in the run directory (the name the trainer gives its own table).
 pub const TSV_FILE: &str = "certify.tsv";
+/// The tag that marks an imported run: MLflow clients cannot log to it (it is a finished result).
+pub const IMPORTED_TAG: &str = "crt.imported";
 /// The longest `source` note, in characters.
 pub const MAX_SOURCE_CHARS: usize = 2000;
 /// The largest N (and N0) accepted.
@@ -285,7 +287,7 @@ async fn record(
     let mut batch: Vec<Incoming> =
         params.into_iter().map(|(k, v)| Incoming::Param { key: k.to_string(), value: v }).collect();
     batch.push(Incoming::Tag { key: "mlflow.runName".into(), value: s.name.clone() });
-    batch.push(Incoming::Tag { key: "crt.imported".into(), value: "certification".into() });
+    batch.push(Incoming::Tag { key: IMPORTED_TAG.into(), value: "certification".into() });
     batch.extend(certs.iter().map(|c| Incoming::Event(EventLine { ts, event: Event::Certified(c.clone()) })));
     batch.push(Incoming::Event(EventLine {
         ts,
