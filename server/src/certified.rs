@@ -188,6 +188,18 @@ mod tests {
     }
 
     #[test]
+    fn certify_runs_and_imported_certifications_are_certifications() {
+        let imported = serde_json::json!({ "kind": "certify", "imported": { "format": "reference-tsv" } });
+        assert!(is_certification(RunKind::Certify, &serde_json::json!({ "kind": "certify" })));
+        assert!(is_certification(RunKind::External, &imported));
+        // An MLflow client's run, or one whose config only claims the kind, is not.
+        assert!(!is_certification(RunKind::External, &serde_json::json!({})));
+        assert!(!is_certification(RunKind::External, &serde_json::json!({ "kind": "certify" })));
+        assert!(!is_certification(RunKind::Train, &imported));
+        assert!(!is_certification(RunKind::Predict, &serde_json::json!({ "kind": "predict" })));
+    }
+
+    #[test]
     fn empty_is_zero() {
         let s = summarize(&[], &[0.0]);
         assert_eq!((s.n, s.accuracy, s.acr), (0, 0.0, 0.0));

@@ -430,6 +430,7 @@ mod tests {
             "progress",
             "metrics",
             "makes_model",
+            "is_certification",
             "resumable",
             "last_seq",
             "params",
