@@ -6,7 +6,21 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crt_trainer::config::RunKind;
 use crt_trainer::events::Certificate;
+
+/// Whether a run holds a certification's per-image results: a certify run, or an external run
+/// imported as one (`POST /api/v1/experiments/{id}/imports/certification`, whose config records
+/// `"imported"`). The one statement of this rule; runs show it as `is_certification`.
+pub fn is_certification(kind: RunKind, config: &serde_json::Value) -> bool {
+    match kind {
+        RunKind::Certify => true,
+        RunKind::External => {
+            config.get("kind").and_then(|k| k.as_str()) == Some("certify") && config.get("imported").is_some()
+        }
+        _ => false,
+    }
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RadiusAccuracy {
@@ -171,6 +185,18 @@ mod tests {
         assert_eq!((used.mean, used.min, used.median, used.max), (700.0, 100, 400, 1600));
         assert_eq!(used.decisions.get("certified"), Some(&2));
         assert_eq!((s.p_lower_histogram[19], s.p_lower_histogram[10]), (2, 1));
+    }
+
+    #[test]
+    fn certify_runs_and_imported_certifications_are_certifications() {
+        let imported = serde_json::json!({ "kind": "certify", "imported": { "format": "reference-tsv" } });
+        assert!(is_certification(RunKind::Certify, &serde_json::json!({ "kind": "certify" })));
+        assert!(is_certification(RunKind::External, &imported));
+        // An MLflow client's run, or one whose config only claims the kind, is not.
+        assert!(!is_certification(RunKind::External, &serde_json::json!({})));
+        assert!(!is_certification(RunKind::External, &serde_json::json!({ "kind": "certify" })));
+        assert!(!is_certification(RunKind::Train, &imported));
+        assert!(!is_certification(RunKind::Predict, &serde_json::json!({ "kind": "predict" })));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod devices;
 pub mod downsample;
 pub mod http;
+pub mod import;
 pub mod launch;
 pub mod logging;
 pub mod mlflow;

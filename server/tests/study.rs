@@ -101,6 +101,40 @@ async fn study_runs_and_fills_its_table() {
         assert_eq!(row["train_status"], "finished");
         assert_eq!(row["certify_status"], "finished");
     }
+    // The table's certified accuracies are the certify runs' own: their final summary where it
+    // lists the radius (0 beyond its max_radius), and the same numbers recomputed from their
+    // per-image certificates.
+    let radii = table["radii"].as_array().unwrap().clone();
+    assert_eq!(radii, [0.25, 0.5, 0.75, 1.0].map(|r| json!(r)));
+    for row in rows {
+        let cid = row["certify_run"].as_i64().unwrap_or_else(|| panic!("no certify run on {row}"));
+        let cert = server.run(cid).await;
+        assert!(cert["parents"].as_array().unwrap().contains(&row["train_run"]), "{cert}");
+        let own = &cert["summary"];
+        let max_radius = own["max_radius"].as_f64().unwrap();
+        let (st, from_certs) =
+            server.get(&format!("/api/v1/runs/{cid}/certificates/summary?radii=0,0.25,0.5,0.75,1")).await;
+        assert_eq!(st, StatusCode::OK, "{from_certs}");
+        let close = |a: &Value, b: f64| a.as_f64().is_some_and(|a| (a - b).abs() < 1e-12);
+        for (i, r) in radii.iter().enumerate() {
+            let r = r.as_f64().unwrap();
+            let shown = &row["certified_acc"][i];
+            let summary_value = match own.get(format!("certified_acc@{r}")) {
+                Some(v) => v.as_f64().unwrap(),
+                None => {
+                    assert!(r > max_radius, "run {cid}'s summary lacks r={r} below its max radius: {own}");
+                    0.0
+                }
+            };
+            assert!(close(shown, summary_value), "{}: r={r} table {shown}, run {cid}'s summary {own}", row["role"]);
+            let recomputed = from_certs["radii"][i + 1]["certified_accuracy"].as_f64().unwrap();
+            assert!(close(shown, recomputed), "{}: r={r} table {shown}, certificates {from_certs}", row["role"]);
+        }
+        assert!(close(&row["clean_acc"], own["clean_acc"].as_f64().unwrap()), "{row} vs {own}");
+        assert!(close(&row["clean_acc"], from_certs["accuracy"].as_f64().unwrap()), "{row} vs {from_certs}");
+        assert!(close(&row["acr"], own["acr"].as_f64().unwrap()), "{row} vs {own}");
+        assert!((row["acr"].as_f64().unwrap() - from_certs["acr"].as_f64().unwrap()).abs() < 1e-9, "{from_certs}");
+    }
     let crt = rows.iter().find(|r| r["role"] == "crt/linear").unwrap();
     let base = rows.iter().find(|r| r["role"] == "baseline/linear").unwrap();
     let speedup = crt["speedup"].as_f64().expect("speedup on the CRT row");

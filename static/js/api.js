@@ -15,6 +15,15 @@ export async function api(method, path, body) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
+  return send(path, init);
+}
+
+/** A request whose body is sent as it is (a file), with its content type. */
+export async function apiUpload(path, body, contentType) {
+  return send(path, { method: 'POST', headers: { Accept: 'application/json', 'Content-Type': contentType }, body });
+}
+
+async function send(path, init) {
   let response;
   try {
     response = await fetch(`/api/v1${path}`, init);

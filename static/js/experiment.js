@@ -1,7 +1,7 @@
 // One experiment: its runs in a sortable, filterable table that follows the experiment's event
 // stream, multi-select to compare, CSV export.
 
-import { api, pageData } from './api.js';
+import { api, apiUpload, pageData } from './api.js';
 import { el, pct, num, duration, statusBadge, coalesce, throttleByKey, DASH } from './dom.js';
 import { sortRows, toCsv, download, markSorted } from './table.js';
 import { subscribe } from './live.js';
@@ -23,7 +23,7 @@ const selectAll = document.getElementById('select-all');
 
 /** The certification whose numbers a row shows: its own, or its model's newest. */
 function certificationOf(view) {
-  if (view.run.kind === 'certify') return view.run.id;
+  if (view.run.is_certification) return view.run.id;
   return newestCertification([...views.values()], view.run.id);
 }
 
@@ -32,7 +32,7 @@ function values(view) {
   const run = view.run;
   const certId = certificationOf(view);
   const summary = certId === null ? null : summaries.get(certId);
-  const clean = run.kind === 'certify' ? (summary && summary.n ? summary.accuracy : null) : testAccuracy(view);
+  const clean = run.is_certification ? (summary && summary.n ? summary.accuracy : null) : testAccuracy(view);
   return {
     id: run.id,
     name: run.name,
@@ -180,7 +180,7 @@ async function refreshRun(id) {
   try {
     const view = viewOf(await api('GET', `/runs/${id}`));
     views.set(id, view);
-    if (view.run.kind === 'certify' && !summaries.has(id)) refreshSummary(id);
+    if (view.run.is_certification && !summaries.has(id)) refreshSummary(id);
     render();
   } catch (err) {
     if (err.status === 404) {
@@ -277,6 +277,47 @@ document.getElementById('export-csv').addEventListener('click', () => {
   });
   const slug = data.experiment.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || `experiment-${experimentId}`;
   download(`${slug}-runs.csv`, toCsv(header, rows));
+});
+
+// ---- import a certification made elsewhere (a reference TSV) ----
+
+const importForm = document.getElementById('import-form');
+importForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const error = document.getElementById('import-error');
+  const status = document.getElementById('import-status');
+  const submit = document.getElementById('import-submit');
+  const file = document.getElementById('import-file').files[0];
+  error.hidden = true;
+  if (!file) {
+    error.textContent = 'Choose the TSV file to import.';
+    error.hidden = false;
+    return;
+  }
+  const query = new URLSearchParams();
+  for (const key of ['sigma', 'n', 'n0', 'alpha', 'name']) {
+    const value = importForm.elements[key].value.trim();
+    if (value !== '') query.set(key, value);
+  }
+  submit.disabled = true;
+  status.textContent = `Importing ${file.name}…`;
+  try {
+    const run = await apiUpload(`/experiments/${experimentId}/imports/certification?${query}`, file, 'text/tab-separated-values');
+    views.set(run.id, viewOf(run));
+    await loadSummary(run.id);
+    render();
+    status.textContent = `Imported as #${run.id} ${run.name}.`;
+    importForm.reset();
+  } catch (err) {
+    // The server's message names the line and column (or the setting) to fix.
+    error.textContent = err.message;
+    error.hidden = false;
+    status.textContent = '';
+    const field = err.field && importForm.elements[err.field];
+    if (field) field.focus();
+  } finally {
+    submit.disabled = false;
+  }
 });
 
 render();

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// Well-formed but invalid: an unknown value, a missing parent, σ ≤ 0, …
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// A bad line of an uploaded file (`field`): 422, or 413 when the file is too long; the body
+    /// names the line (1-based) and the column.
+    #[error("{field}: {message}")]
+    AtLine { field: String, line: usize, column: Option<String>, message: String, too_large: bool },
     #[error("{0}")]
     NotFound(String),
     /// The request conflicts with the resource's state (stop a finished run, …).
@@ -48,6 +52,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AtLine { too_large: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::AtLine { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -65,6 +71,9 @@ impl IntoResponse for ApiError {
         let body = match &self {
             ApiError::BadRequest { message, field: Some(field) } => json!({ "error": message, "field": field }),
             ApiError::Invalid { field, .. } => json!({ "error": self.to_string(), "field": field }),
+            ApiError::AtLine { field, line, column, .. } => {
+                json!({ "error": self.to_string(), "field": field, "line": line, "column": column })
+            }
             ApiError::Internal(e) => return internal_error_response(&format!("{e:#}")),
             other => json!({ "error": other.to_string() }),
         };

@@ -111,6 +111,71 @@ fn sse(summary: &str, what: &str) -> Value {
     )
 }
 
+/// `POST /api/v1/experiments/{id}/imports/certification`: the TSV is the body, the settings are
+/// query parameters.
+fn import_certification_path() -> Value {
+    use super::imports::{MAX_SAMPLES, MAX_SOURCE_CHARS};
+    use crate::import::{MAX_TSV_BYTES, MAX_TSV_ROWS};
+    let required = |name: &str, description: &str, schema: Value| {
+        let mut q = query(name, description, schema);
+        q["required"] = json!(true);
+        q
+    };
+    let params = vec![
+        id_param("Experiment"),
+        required(
+            "sigma",
+            "The noise level σ the file was certified with (> 0)",
+            json!({ "type": "number", "exclusiveMinimum": 0, "example": 0.25 }),
+        ),
+        required(
+            "n",
+            "Samples that estimated p_A (certify.py's --N)",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_SAMPLES, "example": 100000 }),
+        ),
+        required(
+            "n0",
+            "Samples that chose the class (certify.py's --N0)",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_SAMPLES, "example": 100 }),
+        ),
+        required(
+            "alpha",
+            "Significance (certify.py's --alpha), in (0, 1)",
+            json!({ "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "example": 0.001 }),
+        ),
+        query(
+            "name",
+            &format!("The run's name (at most {MAX_RUN_NAME_CHARS} characters; default: imported certification σ=…)"),
+            json!({ "type": "string", "maxLength": MAX_RUN_NAME_CHARS }),
+        ),
+        query("dataset", "The dataset certified (recorded on the run)", json!({ "type": "string" })),
+        query(
+            "source",
+            &format!("Where the file comes from (a URL, a paper; at most {MAX_SOURCE_CHARS} characters)"),
+            json!({ "type": "string", "maxLength": MAX_SOURCE_CHARS }),
+        ),
+    ];
+    let tsv = json!({ "schema": { "type": "string" },
+        "example": "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t7\t7\t0.953\t1\t0:00:00.579953\n" });
+    let body = json!({ "required": true,
+        "description": "The reference codes' certification file as it is: the header `idx label predict radius correct time` \
+            (tab-separated), one line per image; predict -1 abstains (radius 0); correct is 1 exactly when predict = label; \
+            time is H:MM:SS.ffffff",
+        "content": { "text/tab-separated-values": tsv, "text/plain": tsv } });
+    json!({ "post": op(
+        "Import a certification made elsewhere (a reference TSV) as a finished run of kind external",
+        params,
+        Some(body),
+        vec![
+            ("201", ok("The imported run (is_certification: true)", schema_ref("Run"))),
+            ("404", error("Unknown experiment")),
+            ("413", error(&format!("The file is larger than {MAX_TSV_BYTES} bytes or has more than {MAX_TSV_ROWS} image lines"))),
+            ("415", error("The body is not `Content-Type: text/tab-separated-values` or `text/plain`")),
+            ("422", error("A bad setting (`field` names it) or a bad line of the file (`field`: tsv, with `line` and `column`); nothing is stored")),
+        ],
+    ) })
+}
+
 /// Adds the responses every operation shares, by what it takes: see the module comment.
 fn complete(paths: &mut Map<String, Value>) {
     for item in paths.values_mut() {
@@ -206,6 +271,7 @@ pub fn spec() -> Value {
         "/api/v1/experiments/{id}/events".into(),
         json!({ "get": sse("Live events of all runs of an experiment (SSE)", "Experiment") }),
     );
+    paths.insert("/api/v1/experiments/{id}/imports/certification".into(), import_certification_path());
     paths.insert("/api/v1/runs".into(), json!({
                 "get": op("List runs with filters and sorting", run_filters, None, vec![
                     ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), bounded("limit or the sort key beyond its bound")]),
@@ -351,7 +417,9 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
     s.insert("Error".into(), json!({ "type": "object", "required": ["error"], "properties": {
             "error": { "type": "string", "description": "What is wrong and what is allowed" },
             "field": { "type": "string", "description": "The request field to blame, e.g. config.method.sigma, parents[0]" },
-            "error_id": { "type": "string", "description": "500 only: the id under which the server logged the error" } } }));
+            "error_id": { "type": "string", "description": "500 only: the id under which the server logged the error" },
+            "line": { "type": "integer", "description": "An uploaded file's bad line (1-based; the header is line 1)" },
+            "column": { "type": ["string", "null"], "description": "The column of that line to blame, e.g. radius" } } }));
     s.insert(
         "Health".into(),
         json!({ "type": "object", "required": ["status", "database"], "properties": {
@@ -417,6 +485,7 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
                 "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
             "makes_model": { "type": "boolean", "description": "A train or transfer run: it has a checkpoint and can be a transfer's teacher or be certified" },
+            "is_certification": { "type": "boolean", "description": "It holds a certification's per-image results: a certify run, or an imported certification (kind external)" },
             "resumable": { "type": "boolean", "description": "Stopped or crashed: POST …/resume continues it" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));
     // The launch fields apart: one json! this size passes serde_json's macro recursion limit.

@@ -14,8 +14,6 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crt_trainer::config::RunKind;
-
 use super::devices::DevicesView;
 use super::runs::RunView;
 use super::AppState;
@@ -135,7 +133,7 @@ pub(super) async fn experiment_page(
     // Read the stream position first: anything after it reaches the page over SSE.
     let last_seq = journal::last_seq(&app.store.pool, Scope::Experiment(id)).await?;
     let runs = data::experiment_runs(&app, id).await?;
-    let summaries = data::summaries(&app, runs.iter().filter(|v| v.kind == RunKind::Certify).map(|v| v.id)).await?;
+    let summaries = data::summaries(&app, runs.iter().filter(|v| v.is_certification).map(|v| v.id)).await?;
     let data = script_json(&serde_json::json!({
         "experiment": experiment,
         "last_seq": last_seq,

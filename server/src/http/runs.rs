@@ -79,6 +79,9 @@ pub struct RunView {
     /// The run trains a model (has a checkpoint; can be a transfer's teacher or be certified):
     /// [`RunKind::makes_model`].
     pub makes_model: bool,
+    /// The run holds a certification's per-image results (a certify run, or an imported
+    /// certification of kind `external`): [`crate::certified::is_certification`].
+    pub is_certification: bool,
     /// Stopped or crashed: `POST …/resume` continues it.
     pub resumable: bool,
     /// The newest event sequence number: subscribe to the event stream with `?after=` this.
@@ -130,6 +133,7 @@ impl RunView {
             progress,
             last_write_at,
         } = run;
+        let is_certification = crate::certified::is_certification(kind, &config);
         RunView {
             id,
             experiment_id,
@@ -166,6 +170,7 @@ impl RunView {
             progress,
             metrics,
             makes_model: kind.makes_model(),
+            is_certification,
             resumable: status.is_resumable(),
             last_seq,
             params: BTreeMap::new(),
@@ -425,6 +430,7 @@ mod tests {
             "progress",
             "metrics",
             "makes_model",
+            "is_certification",
             "resumable",
             "last_seq",
             "params",

@@ -68,6 +68,11 @@ pub async fn find_writable(app: &AppState, raw: &str) -> MlResult<MlRun> {
             "The run {raw} must be in the 'active' state. Current state is deleted."
         )));
     }
+    if run.tags.contains_key(crate::http::imports::IMPORTED_TAG) {
+        return Err(MlflowError::invalid_state(format!(
+            "run {raw} is an imported certification: its results are final and cannot be logged to"
+        )));
+    }
     Ok(run)
 }
 

@@ -85,7 +85,7 @@ pub async fn briefs(app: &AppState, ids: &[i64]) -> anyhow::Result<Vec<RunBrief>
 /// The run whose certificates describe `run`: itself for a certification, otherwise the newest
 /// certification of this model, preferring finished ones.
 pub async fn certification_of(app: &AppState, run: &Run) -> anyhow::Result<Option<RunBrief>> {
-    if run.kind == RunKind::Certify {
+    if certified::is_certification(run.kind, &run.config) {
         return Ok(Some(RunBrief::from(run)));
     }
     let mut best: Option<Run> = None;
