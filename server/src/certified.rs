@@ -22,6 +22,19 @@ pub fn is_certification(kind: RunKind, config: &serde_json::Value) -> bool {
     }
 }
 
+/// Whether a run holds a model that can be certified or teach a transfer: a train or transfer
+/// run, or an external run imported as a model (`POST /api/v1/experiments/{id}/imports/model`,
+/// whose config records `"imported"` with kind `train`). The one statement of this rule; runs
+/// show it as `makes_model`.
+pub fn makes_model(kind: RunKind, config: &serde_json::Value) -> bool {
+    match kind {
+        RunKind::External => {
+            config.get("kind").and_then(|k| k.as_str()) == Some("train") && config.get("imported").is_some()
+        }
+        _ => kind.makes_model(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RadiusAccuracy {
     pub radius: f64,

@@ -279,45 +279,53 @@ document.getElementById('export-csv').addEventListener('click', () => {
   download(`${slug}-runs.csv`, toCsv(header, rows));
 });
 
-// ---- import a certification made elsewhere (a reference TSV) ----
+// ---- imports: a certification made elsewhere (a reference TSV), a reference checkpoint ----
 
-const importForm = document.getElementById('import-form');
-importForm.addEventListener('submit', async (event) => {
-  event.preventDefault();
-  const error = document.getElementById('import-error');
-  const status = document.getElementById('import-status');
-  const submit = document.getElementById('import-submit');
-  const file = document.getElementById('import-file').files[0];
-  error.hidden = true;
-  if (!file) {
-    error.textContent = 'Choose the TSV file to import.';
-    error.hidden = false;
-    return;
-  }
-  const query = new URLSearchParams();
-  for (const key of ['sigma', 'n', 'n0', 'alpha', 'name']) {
-    const value = importForm.elements[key].value.trim();
-    if (value !== '') query.set(key, value);
-  }
-  submit.disabled = true;
-  status.textContent = `Importing ${file.name}…`;
-  try {
-    const run = await apiUpload(`/experiments/${experimentId}/imports/certification?${query}`, file, 'text/tab-separated-values');
-    views.set(run.id, viewOf(run));
-    await loadSummary(run.id);
-    render();
-    status.textContent = `Imported as #${run.id} ${run.name}.`;
-    importForm.reset();
-  } catch (err) {
-    // The server's message names the line and column (or the setting) to fix.
-    error.textContent = err.message;
-    error.hidden = false;
-    status.textContent = '';
-    const field = err.field && importForm.elements[err.field];
-    if (field) field.focus();
-  } finally {
-    submit.disabled = false;
-  }
-});
+/** Posts the form's file to `path` with the form's `keys` as query parameters; the new run joins
+ *  the table, or the server's message (naming the line, key or setting) shows by the form. */
+function importForm(prefix, path, keys, contentType, missing) {
+  const form = document.getElementById(`${prefix}-form`);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const error = document.getElementById(`${prefix}-error`);
+    const status = document.getElementById(`${prefix}-status`);
+    const submit = document.getElementById(`${prefix}-submit`);
+    const file = document.getElementById(`${prefix}-file`).files[0];
+    error.hidden = true;
+    if (!file) {
+      error.textContent = missing;
+      error.hidden = false;
+      return;
+    }
+    const query = new URLSearchParams();
+    for (const key of keys) {
+      const value = form.elements[key].value.trim();
+      if (value !== '') query.set(key, value);
+    }
+    submit.disabled = true;
+    status.textContent = `Importing ${file.name}…`;
+    try {
+      const run = await apiUpload(`/experiments/${experimentId}/imports/${path}?${query}`, file, contentType);
+      views.set(run.id, viewOf(run));
+      await loadSummary(run.id);
+      render();
+      status.textContent = `Imported as #${run.id} ${run.name}.`;
+      form.reset();
+    } catch (err) {
+      error.textContent = err.message;
+      error.hidden = false;
+      status.textContent = '';
+      const field = err.field && form.elements[err.field];
+      if (field) field.focus();
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
+importForm('import', 'certification', ['sigma', 'n', 'n0', 'alpha', 'name'], 'text/tab-separated-values',
+  'Choose the TSV file to import.');
+importForm('import-model', 'model', ['arch', 'dataset', 'name', 'normalization', 'sigma'], 'application/octet-stream',
+  'Choose the checkpoint file to import.');
 
 render();

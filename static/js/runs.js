@@ -42,7 +42,8 @@ export function certifiedAt(summary, r) {
 /** Where the run ran ("cuda:1"), with what it asked for when that says more ("asked: gpu"). */
 // Where a run executes: the backend, and what it last said (Slurm: job id, state, reason, node).
 export function whereText(run) {
-  if (run.kind === 'external') return run.is_certification ? 'imported (a certification file)' : 'an MLflow client';
+  if (run.kind === 'external' && run.is_certification) return 'imported (a certification file)';
+  if (run.kind === 'external') return run.makes_model ? 'imported (a PyTorch checkpoint)' : 'an MLflow client';
   const backend = run.backend || 'local';
   const h = run.handle;
   const st = run.backend_state || {};

@@ -8,6 +8,7 @@ pub mod experiments;
 pub mod extract;
 pub mod guard;
 pub mod health;
+pub mod import_model;
 pub mod imports;
 pub mod login;
 pub mod logs;

@@ -111,6 +111,56 @@ fn sse(summary: &str, what: &str) -> Value {
     )
 }
 
+/// `POST /api/v1/experiments/{id}/imports/model`: the checkpoint is the body, the settings are
+/// query parameters.
+fn import_model_path() -> Value {
+    use super::import_model::{ARCHS, MAX_CHECKPOINT_BYTES};
+    let mut arch =
+        query("arch", "The reference architecture of the checkpoint", json!({ "type": "string", "enum": ARCHS }));
+    arch["required"] = json!(true);
+    let mut dataset = query(
+        "dataset",
+        "The dataset the model classifies",
+        json!({ "type": "string", "enum": ["mnist", "fashion-mnist", "cifar10"] }),
+    );
+    dataset["required"] = json!(true);
+    let params = vec![
+        id_param("Experiment"),
+        arch,
+        dataset,
+        query(
+            "name",
+            &format!("The run's name (at most {MAX_RUN_NAME_CHARS} characters; default: imported <arch>)"),
+            json!({ "type": "string", "maxLength": MAX_RUN_NAME_CHARS }),
+        ),
+        query(
+            "normalization",
+            "reference (default: the reference codes' constants for the dataset), none, or M1,M2,M3:S1,S2,S3",
+            json!({ "type": "string", "maxLength": 200 }),
+        ),
+        query(
+            "sigma",
+            "The noise level the model was trained with",
+            json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 100 }),
+        ),
+    ];
+    let body = json!({ "required": true,
+        "description": "The checkpoint as the reference codes save it ({'arch', 'state_dict'} in PyTorch's zip format)",
+        "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+    json!({ "post": op(
+        "Import a reference-code PyTorch checkpoint as a model (a finished run of kind external with makes_model: true)",
+        params,
+        Some(body),
+        vec![
+            ("201", ok("The imported model's run", schema_ref("Run"))),
+            ("404", error("Unknown experiment")),
+            ("413", error(&format!("The file is larger than {} MiB", MAX_CHECKPOINT_BYTES >> 20))),
+            ("415", error("The body is not `Content-Type: application/octet-stream`")),
+            ("422", error("A bad setting, or a file the trainer refuses (`field`: file; the message names the key and what was expected); nothing is stored")),
+        ],
+    ) })
+}
+
 /// `POST /api/v1/experiments/{id}/imports/certification`: the TSV is the body, the settings are
 /// query parameters.
 fn import_certification_path() -> Value {
@@ -272,6 +322,7 @@ pub fn spec() -> Value {
         json!({ "get": sse("Live events of all runs of an experiment (SSE)", "Experiment") }),
     );
     paths.insert("/api/v1/experiments/{id}/imports/certification".into(), import_certification_path());
+    paths.insert("/api/v1/experiments/{id}/imports/model".into(), import_model_path());
     paths.insert("/api/v1/runs".into(), json!({
                 "get": op("List runs with filters and sorting", run_filters, None, vec![
                     ("200", ok("Runs", json!({"type": "array", "items": schema_ref("Run")}))), bounded("limit or the sort key beyond its bound")]),
@@ -484,7 +535,7 @@ fn schemas(statuses: &[&str], kinds: &[&str], archs: &[&str], datasets: &[&str])
             "progress": { "type": ["object", "null"], "required": ["phase", "done", "total", "unit"],
                 "properties": { "phase": str_, "done": int, "total": int, "unit": str_ } },
             "metrics": { "type": "object", "additionalProperties": schema_ref("MetricPoint"), "description": "Latest value per key" },
-            "makes_model": { "type": "boolean", "description": "A train or transfer run: it has a checkpoint and can be a transfer's teacher or be certified" },
+            "makes_model": { "type": "boolean", "description": "A train or transfer run, or an imported checkpoint (kind external): it holds a model and can be a transfer's teacher or be certified" },
             "is_certification": { "type": "boolean", "description": "It holds a certification's per-image results: a certify run, or an imported certification (kind external)" },
             "resumable": { "type": "boolean", "description": "Stopped or crashed: POST …/resume continues it" },
             "last_seq": { "type": "integer", "description": "Newest event sequence number of this run" } } }));

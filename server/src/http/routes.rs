@@ -56,6 +56,7 @@ pub fn table() -> Vec<Entry> {
         entry(M::GET, "/api/v1/experiments/{id}/runs", READ, runs::list_experiment_runs),
         entry(M::GET, "/api/v1/experiments/{id}/events", READ, sse::experiment_events),
         entry(M::POST, "/api/v1/experiments/{id}/imports/certification", WRITE, imports::import_certification),
+        entry(M::POST, "/api/v1/experiments/{id}/imports/model", WRITE, import_model::import_model),
         entry(M::GET, "/api/v1/runs", READ, runs::list_runs),
         entry(M::POST, "/api/v1/runs", WRITE, runs::create_run),
         entry(M::GET, "/api/v1/runs/{id}", READ, runs::get_run),

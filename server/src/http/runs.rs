@@ -76,8 +76,8 @@ pub struct RunView {
     pub progress: Option<Progress>,
     /// Latest value of each metric key.
     pub metrics: BTreeMap<String, MetricPoint>,
-    /// The run trains a model (has a checkpoint; can be a transfer's teacher or be certified):
-    /// [`RunKind::makes_model`].
+    /// The run holds a model (a train or transfer run, or an imported checkpoint): it can be a
+    /// transfer's teacher or be certified. [`crate::certified::makes_model`].
     pub makes_model: bool,
     /// The run holds a certification's per-image results (a certify run, or an imported
     /// certification of kind `external`): [`crate::certified::is_certification`].
@@ -134,6 +134,7 @@ impl RunView {
             last_write_at,
         } = run;
         let is_certification = crate::certified::is_certification(kind, &config);
+        let makes_model = crate::certified::makes_model(kind, &config);
         RunView {
             id,
             experiment_id,
@@ -169,7 +170,7 @@ impl RunView {
             summary,
             progress,
             metrics,
-            makes_model: kind.makes_model(),
+            makes_model,
             is_certification,
             resumable: status.is_resumable(),
             last_seq,

@@ -190,10 +190,10 @@ fn parse_kind(config: &Value) -> Result<RunKind, FieldError> {
 /// A transfer needs its teacher and a certification its model: one parent that trains a model
 /// ([`RunKind::makes_model`]). Returns that parent.
 fn check_parents<'a>(kind: RunKind, parents: &'a [Run], config: &Value) -> Result<Option<&'a Run>, FieldError> {
-    if let Some(p) = parents.iter().find(|p| !p.kind.makes_model()) {
+    if let Some(p) = parents.iter().find(|p| !crate::certified::makes_model(p.kind, &p.config)) {
         return Err(FieldError::new(
             "parents",
-            format!("run {} is a {} run; a parent must be a train or transfer run (a model)", p.id, p.kind),
+            format!("run {} is a {} run; a parent must be a train or transfer run or an imported model", p.id, p.kind),
         ));
     }
     match (kind, parents) {

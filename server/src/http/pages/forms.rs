@@ -215,7 +215,7 @@ fn describe(key: &str) -> (&str, &'static str) {
     }
 }
 
-/// Runs that make a model ([`RunKind::makes_model`]) and so can serve as a teacher or be
+/// Runs that hold a model ([`crate::certified::makes_model`]) and so can serve as a teacher or be
 /// certified (not failed), grouped by experiment with this experiment first.
 async fn model_groups(app: &AppState, experiment_id: i64, parent: Option<i64>) -> anyhow::Result<Vec<ModelGroup>> {
     let pool = &app.store.pool;
@@ -224,11 +224,12 @@ async fn model_groups(app: &AppState, experiment_id: i64, parent: Option<i64>) -
     exps.sort_by_key(|e| (e.id != experiment_id, -e.id));
     for exp in exps {
         let mut models = Vec::new();
-        for kind in RunKind::ALL.into_iter().filter(|k| k.makes_model()) {
+        // Imported checkpoints are external runs: listed when the rule says they hold a model.
+        for kind in RunKind::ALL.into_iter().filter(|k| k.makes_model() || *k == RunKind::External) {
             let filter =
                 RunFilter { experiment_id: Some(exp.id), kind: Some(kind), limit: 1000, ..RunFilter::default() };
             for run in runs::list(pool, &filter).await? {
-                if run.status == RunStatus::Failed {
+                if run.status == RunStatus::Failed || !crate::certified::makes_model(run.kind, &run.config) {
                     continue;
                 }
                 let sigma = run.sigma.map(|s| format!(", σ = {s}")).unwrap_or_default();
