@@ -26,10 +26,10 @@ use crt_trainer::events::unix_now;
 
 use super::errors::ApiError;
 use super::extract::{find_experiment, no_nul, P, Q};
+use super::imports::{given, invalid, run_name};
 use super::runs::RunView;
 use super::AppState;
 use crate::record::{Incoming, Recorder};
-use crate::runs::validate::MAX_RUN_NAME_CHARS;
 use crate::runs::RunStatus;
 use crate::store;
 use crate::store::journal::{self, Scope};
@@ -63,14 +63,6 @@ struct Settings {
     sigma: Option<f64>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Invalid { field: field.to_string(), message: message.into() }
-}
-
-fn given(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 fn settings(q: &ModelQuery) -> Result<Settings, ApiError> {
     let arch = given(&q.arch).ok_or_else(|| invalid("arch", format!("required: one of {}", ARCHS.join(", "))))?;
     if !ARCHS.contains(&arch) {
@@ -78,16 +70,7 @@ fn settings(q: &ModelQuery) -> Result<Settings, ApiError> {
     }
     let dataset = given(&q.dataset).ok_or_else(|| invalid("dataset", "required: mnist, fashion-mnist or cifar10"))?;
     let dataset = dataset.parse::<Dataset>().map_err(|e| invalid("dataset", e.message))?;
-    let name = match given(&q.name) {
-        Some(n) => {
-            no_nul("name", n)?;
-            if n.chars().count() > MAX_RUN_NAME_CHARS {
-                return Err(invalid("name", format!("must be at most {MAX_RUN_NAME_CHARS} characters")));
-            }
-            n.to_string()
-        }
-        None => format!("imported {arch}"),
-    };
+    let name = run_name(&q.name, || format!("imported {arch}"))?;
     // The trainer checks the normalization's form; here only its size and characters.
     let normalization = match given(&q.normalization) {
         Some(n) if n.len() > 200 => return Err(invalid("normalization", "must be at most 200 characters")),

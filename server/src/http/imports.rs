@@ -54,8 +54,27 @@ pub(super) struct ImportQuery {
     source: Option<String>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Invalid { field: field.to_string(), message: message.into() }
+}
+
+/// A query parameter's value, trimmed; `None` when absent or blank.
+pub(super) fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// An imported run's name: the one given (checked like a run's name) or `default`.
+pub(super) fn run_name(given_name: &Option<String>, default: impl FnOnce() -> String) -> Result<String, ApiError> {
+    match given(given_name) {
+        Some(n) => {
+            no_nul("name", n)?;
+            if n.chars().count() > MAX_RUN_NAME_CHARS {
+                return Err(invalid("name", format!("must be at most {MAX_RUN_NAME_CHARS} characters")));
+            }
+            Ok(n.to_string())
+        }
+        None => Ok(default()),
+    }
 }
 
 fn required<'a>(field: &str, value: &'a Option<String>, what: &str) -> Result<&'a str, ApiError> {
@@ -96,16 +115,7 @@ fn settings(q: &ImportQuery) -> Result<Settings, ApiError> {
         .ok()
         .filter(|a: &f64| *a > 0.0 && *a < 1.0)
         .ok_or_else(|| invalid("alpha", format!("expected a number between 0 and 1 (exclusive), got '{alpha}'")))?;
-    let name = match q.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-        Some(n) => {
-            no_nul("name", n)?;
-            if n.chars().count() > MAX_RUN_NAME_CHARS {
-                return Err(invalid("name", format!("must be at most {MAX_RUN_NAME_CHARS} characters")));
-            }
-            n.to_string()
-        }
-        None => format!("imported certification σ={sigma}"),
-    };
+    let name = run_name(&q.name, || format!("imported certification σ={sigma}"))?;
     let dataset = match q.dataset.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         Some(d) => Some(d.parse::<Dataset>().map_err(|e| invalid("dataset", e.message))?),
         None => None,
