@@ -21,19 +21,18 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crt_trainer::config::{Dataset, RunKind};
+use crt_trainer::config::Dataset;
 use crt_trainer::events::unix_now;
 
 use super::errors::ApiError;
 use super::extract::{find_experiment, no_nul, P, Q};
-use super::imports::{given, invalid, run_name};
+use super::imports::{created, given, insert_running, invalid, run_name};
 use super::runs::RunView;
 use super::AppState;
 use crate::record::{Incoming, Recorder};
 use crate::runs::RunStatus;
 use crate::store;
-use crate::store::journal::{self, Scope};
-use crate::store::runs::{ConfigColumns, Ending, Placement};
+use crate::store::runs::{ConfigColumns, Ending};
 
 /// The largest checkpoint accepted (a CIFAR ResNet-110 is ~7 MB, an ImageNet ResNet-50 ~100 MB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
@@ -221,13 +220,8 @@ pub(super) async fn import_model(
         sigma: s.sigma,
         ..Default::default()
     };
-    let mut w = app.store.write().await?;
-    let id =
-        store::runs::insert(w.conn(), exp.id, &s.name, RunKind::External, &columns, &Placement::default(), now).await?;
+    let id = insert_running(&app, exp.id, &s.name, &columns, &config).await?;
     let out_dir = app.settings.run_dir(id);
-    store::runs::set_config(w.conn(), id, &s.name, &config, &out_dir.display().to_string()).await?;
-    store::runs::set_running(w.conn(), id, now).await?;
-    w.commit().await?;
     if let Some(parent) = out_dir.parent() {
         tokio::fs::create_dir_all(parent).await.map_err(anyhow::Error::from)?;
     }
@@ -256,10 +250,7 @@ pub(super) async fn import_model(
     store::runs::set_ended(w.conn(), id, &end, unix_now()).await?;
     w.journal(id, exp.id, "status", json!({ "status": "finished", "external": true, "imported": true })).await?;
     w.commit().await?;
-    let last_seq = journal::last_seq(&app.store.pool, Scope::Run(id)).await?;
-    let run =
-        store::runs::get(&app.store.pool, id).await?.ok_or_else(|| anyhow::anyhow!("imported run {id} vanished"))?;
-    Ok((StatusCode::CREATED, Json(RunView::load(&app.store.pool, run, last_seq).await?)))
+    created(&app, id).await
 }
 
 /// A name for a staging directory that no two requests share.

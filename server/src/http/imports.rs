@@ -205,20 +205,12 @@ pub(super) async fn import_certification(
     }
 
     // The run, running until its results are in.
-    let now = unix_now();
     let columns = ConfigColumns {
         sigma: Some(s.sigma),
         dataset: s.dataset.map(|d| d.as_str().to_string()),
         ..Default::default()
     };
-    let mut w = app.store.write().await?;
-    let id =
-        store::runs::insert(w.conn(), exp.id, &s.name, RunKind::External, &columns, &Placement::default(), now).await?;
-    let out_dir = app.settings.run_dir(id);
-    store::runs::set_config(w.conn(), id, &s.name, &config, &out_dir.display().to_string()).await?;
-    store::runs::set_running(w.conn(), id, now).await?;
-    w.journal(id, exp.id, "status", json!({ "status": "running", "external": true, "imported": true })).await?;
-    w.commit().await?;
+    let id = insert_running(&app, exp.id, &s.name, &columns, &config).await?;
 
     match record(&app, id, exp.id, &s, &certs, &bytes, summary, wall_time_s).await {
         Ok(()) => {}
@@ -239,6 +231,32 @@ pub(super) async fn import_certification(
             return Err(ApiError::Internal(e));
         }
     }
+    created(&app, id).await
+}
+
+/// An imported run's row, running until its results are in: kind `external`, its config and
+/// directory, and the `running` status event.
+pub(super) async fn insert_running(
+    app: &AppState,
+    experiment_id: i64,
+    name: &str,
+    columns: &ConfigColumns,
+    config: &serde_json::Value,
+) -> Result<i64, ApiError> {
+    let now = unix_now();
+    let mut w = app.store.write().await?;
+    let id = store::runs::insert(w.conn(), experiment_id, name, RunKind::External, columns, &Placement::default(), now)
+        .await?;
+    let out_dir = app.settings.run_dir(id);
+    store::runs::set_config(w.conn(), id, name, config, &out_dir.display().to_string()).await?;
+    store::runs::set_running(w.conn(), id, now).await?;
+    w.journal(id, experiment_id, "status", json!({ "status": "running", "external": true, "imported": true })).await?;
+    w.commit().await?;
+    Ok(id)
+}
+
+/// The 201 answer of an import: the new run as the API shows runs.
+pub(super) async fn created(app: &AppState, id: i64) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let last_seq = journal::last_seq(&app.store.pool, Scope::Run(id)).await?;
     let run =
         store::runs::get(&app.store.pool, id).await?.ok_or_else(|| anyhow::anyhow!("imported run {id} vanished"))?;
