@@ -190,8 +190,8 @@ impl Recorder {
         if external {
             store::mlflow::touch(w.conn(), self.run_id, crt_trainer::events::unix_now()).await?;
         }
-        for (key, point) in &latest {
-            store::metrics::upsert_latest(w.conn(), self.run_id, key, point).await?;
+        if !latest.is_empty() {
+            store::metrics::upsert_latest(w.conn(), self.run_id, &latest).await?;
         }
         if let Some(p) = progress {
             store::runs::set_progress(w.conn(), self.run_id, &p).await?;

@@ -1,6 +1,6 @@
 //! Scalar metrics: the full history per (run, key, step) and the latest value per (run, key).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool, Row};
@@ -79,21 +79,26 @@ pub async fn upsert_step(
     Ok(())
 }
 
-/// Updates the latest value of a key, unless a later step is already stored.
-pub async fn upsert_latest(conn: &mut AnyConnection, run_id: i64, key: &str, p: &MetricPoint) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO metric_latest (run_id, key, step, epoch, ts, value) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, epoch = excluded.epoch, ts = excluded.ts, \
-         value = excluded.value WHERE excluded.step >= metric_latest.step",
-    )
-    .bind(run_id)
-    .bind(key)
-    .bind(p.step)
-    .bind(p.epoch)
-    .bind(p.ts)
-    .bind(stored(p.value))
-    .execute(conn)
-    .await?;
+/// Updates the latest value of each key, unless a later step is already stored: one statement
+/// for all the keys of a batch (each key once).
+pub async fn upsert_latest(
+    conn: &mut AnyConnection,
+    run_id: i64,
+    points: &HashMap<String, MetricPoint>,
+) -> anyhow::Result<()> {
+    for part in points.iter().collect::<Vec<_>>().chunks(500) {
+        let sql = format!(
+            "INSERT INTO metric_latest (run_id, key, step, epoch, ts, value) VALUES {} \
+             ON CONFLICT (run_id, key) DO UPDATE SET step = excluded.step, epoch = excluded.epoch, ts = excluded.ts, \
+             value = excluded.value WHERE excluded.step >= metric_latest.step",
+            super::values_rows(conn, part.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for (key, p) in part {
+            query = query.bind(run_id).bind(key.as_str()).bind(p.step).bind(p.epoch).bind(p.ts).bind(stored(p.value));
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
