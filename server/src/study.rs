@@ -513,10 +513,8 @@ fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
     let curve = cert.and_then(|c| c.summary.as_ref()).map(curve_of).unwrap_or_default();
     let max_radius = cert.and_then(|c| metric(c, "max_radius"));
     let images = cert.and_then(|c| metric(c, "images")).filter(|n| *n >= 0.0).map(|n| n.round() as u64);
-    let certified_acc: Vec<Option<f64>> = TABLE_RADII
-        .iter()
-        .map(|r| if curve.is_empty() { None } else { at_radius(&curve, max_radius, *r) })
-        .collect();
+    let certified_acc: Vec<Option<f64>> =
+        TABLE_RADII.iter().map(|r| if curve.is_empty() { None } else { at_radius(&curve, max_radius, *r) }).collect();
     let (role_kind, student, label) = parse_role(&model.name);
     let baseline = match role_kind {
         // An old `baseline/<arch>` row is named after its method, as a new one would be.
@@ -735,12 +733,18 @@ mod tests {
         assert_eq!(field_of(json!([gaussian, {"method": {"name": "macer", "sigma": 0.25, "k": 2}}])), None);
         assert_eq!(field_of(json!([])).as_deref(), Some("baselines"));
         assert_eq!(field_of(json!(vec![gaussian.clone(); MAX_BASELINES + 1])).as_deref(), Some("baselines"));
-        assert_eq!(field_of(json!([gaussian, {"method": {"name": "standard"}}])).as_deref(), Some("baselines[1].method"));
+        assert_eq!(
+            field_of(json!([gaussian, {"method": {"name": "standard"}}])).as_deref(),
+            Some("baselines[1].method")
+        );
         assert_eq!(
             field_of(json!([{"method": {"name": "macer", "sigma": 0.25, "k": 0}}])).as_deref(),
             Some("baselines[0].method.k")
         );
-        assert_eq!(field_of(json!([{"method": gaussian["method"], "epochs": 0}])).as_deref(), Some("baselines[0].epochs"));
+        assert_eq!(
+            field_of(json!([{"method": gaussian["method"], "epochs": 0}])).as_deref(),
+            Some("baselines[0].epochs")
+        );
         // Equal once the teacher's values fill in: the teacher trains 1 epoch.
         assert_eq!(
             field_of(json!([gaussian, {"method": gaussian["method"], "epochs": 1}])).as_deref(),

@@ -57,7 +57,8 @@ fn check_bounds(req: &StudyRequest) -> Result<(), ApiError> {
         at_most(&format!("baselines[{i}].epochs"), b.epochs.unwrap_or(0), MAX_EPOCHS)?;
         at_most(&format!("baselines[{i}].batch_size"), b.batch_size.unwrap_or(0), MAX_BATCH_SIZE)?;
         if let Some(lr) = b.lr {
-            crt_trainer::config::check_lr(&format!("baselines[{i}].lr"), lr).map_err(|e| invalid(&e.field, e.message))?;
+            crt_trainer::config::check_lr(&format!("baselines[{i}].lr"), lr)
+                .map_err(|e| invalid(&e.field, e.message))?;
         }
     }
     // Every model of the study (teacher, students, their baselines) is certified with one batch.
