@@ -69,8 +69,9 @@ async fn bad_studies_are_refused_and_store_nothing() {
         assert_eq!(err["field"], field, "{err}");
     }
     let (st, err) = server.post("/api/v1/studies", &unknown_field).await;
-    assert!(st.is_client_error(), "an unknown baseline field is refused: {st} {err}");
-    assert!(err.to_string().contains("epoch"), "{err}");
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "an unknown baseline field is refused: {err}");
+    assert!(err["field"].as_str().is_some_and(|f| f.starts_with("baselines[0]")), "{err}");
+    assert!(err["error"].to_string().contains("epoch"), "{err}");
     let (_, exps) = server.get("/api/v1/experiments").await;
     assert_eq!(exps.as_array().map(Vec::len), Some(0), "no experiment may be created: {exps}");
     let (_, runs) = server.get("/api/v1/runs").await;
