@@ -61,7 +61,7 @@ function formBody(form) {
         }
       }
       return {
-        method: { ...extra, name: v(path('method.name')), sigma: n(path('method.sigma')) },
+        method: { ...extra, name: v(path('method.name')), sigma: n(path('method.sigma')) ?? extra.sigma },
         epochs: n(path('epochs')),
       };
     });
