@@ -118,9 +118,12 @@ async fn study_form_and_page() {
         let mut expected = vec![pct(row["test_acc"].as_f64().unwrap()), pct(row["clean_acc"].as_f64().unwrap())];
         let se = row["certified_acc_se"].as_array().unwrap();
         expected.extend(
-            row["certified_acc"].as_array().unwrap().iter().zip(se).map(|(a, se)| {
-                format!("{} ± {}", pct(a.as_f64().unwrap()), pct(se.as_f64().unwrap()))
-            }),
+            row["certified_acc"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(se)
+                .map(|(a, se)| format!("{} ± {}", pct(a.as_f64().unwrap()), pct(se.as_f64().unwrap()))),
         );
         expected.push(format!("{:.3}", row["acr"].as_f64().unwrap()));
         let speedup = row["speedup"].as_f64().map_or("—".to_string(), |s| format!("{s:.2}×"));
