@@ -553,7 +553,12 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
         return Ok(None);
     }
     let filter = RunFilter { experiment_id: Some(experiment_id), limit: 10_000, ..RunFilter::default() };
-    let mut all = runs::list(&store.pool, &filter).await?;
+    let all = runs::list(&store.pool, &filter).await?;
+    Ok(Some(assemble(experiment_id, exp.name, all)))
+}
+
+/// The table of a study's runs.
+fn assemble(experiment_id: i64, name: String, mut all: Vec<Run>) -> StudyTable {
     // Creation order is the study's own: teacher, then each student's CRT model and baselines.
     all.sort_by_key(|r| r.id);
     let done = all.iter().all(|r| !r.status.is_active());
@@ -575,7 +580,7 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
             Some(Curve { role, points: curve_of(c.summary.as_ref()?) })
         })
         .collect();
-    Ok(Some(StudyTable { experiment_id, name: exp.name, radii: TABLE_RADII.to_vec(), rows, students, curves, done }))
+    StudyTable { experiment_id, name, radii: TABLE_RADII.to_vec(), rows, students, curves, done }
 }
 
 /// Each row's parent among the study's models and its generation (`models[i]` is `rows[i]`'s run).
@@ -778,6 +783,74 @@ mod tests {
         assert_eq!(parse_role("crt/mlp"), (RoleKind::Crt, Some("mlp"), None));
         assert_eq!(parse_role("teacher"), (RoleKind::Teacher, None, None));
         assert_eq!(parse_role("my run"), (RoleKind::Other, None, None));
+    }
+
+    /// A finished model run of the study.
+    fn model(id: i64, name: &str, kind: RunKind, method: &str, wall: f64, parents: Vec<i64>) -> Run {
+        Run {
+            name: name.into(),
+            status: crate::runs::RunStatus::Finished,
+            method: Some(method.into()),
+            wall_time_s: wall,
+            parents,
+            ..Run::example(id, kind)
+        }
+    }
+
+    fn certification(id: i64, of: &Run) -> Run {
+        Run {
+            name: format!("certify/{}", of.name),
+            status: crate::runs::RunStatus::Finished,
+            parents: vec![of.id],
+            summary: Some(json!({"certified_acc@0": 0.9, "certified_acc@0.25": 0.6, "certified_acc@0.5": 0.5,
+                "max_radius": 0.6, "images": 30.0, "acr": 0.3, "clean_acc": 0.9})),
+            ..Run::example(id, RunKind::Certify)
+        }
+    }
+
+    #[test]
+    fn table_of_an_old_study_and_a_new_one() {
+        // Stored before several baselines: one `baseline/<arch>`, labelled by its method.
+        let teacher = model(1, "teacher", RunKind::Train, "smoothadv", 10.0, vec![]);
+        let crt = model(2, "crt/linear", RunKind::Transfer, "crt", 2.0, vec![1]);
+        let base = model(3, "baseline/linear", RunKind::Train, "smoothadv", 5.0, vec![]);
+        let certs: Vec<Run> =
+            [&teacher, &crt, &base].iter().enumerate().map(|(i, m)| certification(10 + i as i64, m)).collect();
+        let mut all = vec![base.clone(), teacher.clone(), crt.clone()];
+        all.extend(certs);
+        let t = assemble(7, "old".into(), all);
+        let roles: Vec<&str> = t.rows.iter().map(|r| r.role.as_str()).collect();
+        assert_eq!(roles, ["teacher", "crt/linear", "baseline/linear"], "creation order");
+        assert_eq!(t.rows[2].baseline.as_deref(), Some("smoothadv"));
+        assert_eq!(t.rows[2].speedup, Some(2.5));
+        assert_eq!((t.rows[1].parent.as_deref(), t.rows[1].generation), (Some("teacher"), 1));
+        assert_eq!((t.rows[2].parent.as_deref(), t.rows[2].generation), (None, 0));
+        assert_eq!(t.students.len(), 1);
+        assert_eq!((t.students[0].crt.as_deref(), t.students[0].baselines[0].speedup), (Some("crt/linear"), Some(2.5)));
+        let se = (0.6_f64 * 0.4 / 30.0).sqrt();
+        assert_eq!(t.rows[0].certified_acc, [Some(0.6), Some(0.5), Some(0.0), Some(0.0)]);
+        assert_eq!(t.rows[0].certified_acc_se, [Some(se), Some((0.25_f64 / 30.0).sqrt()), Some(0.0), Some(0.0)]);
+        assert!(t.done);
+
+        // Two baselines, one still running: its speedup waits; a CRT student of the CRT student
+        // is a second generation.
+        let gauss = model(4, "baseline/gaussian/linear", RunKind::Train, "gaussian", 4.0, vec![]);
+        let mut macer = model(5, "baseline/macer/linear", RunKind::Train, "macer", 1.0, vec![]);
+        macer.status = crate::runs::RunStatus::Running;
+        let grandchild = model(6, "crt/mlp", RunKind::Transfer, "crt", 1.0, vec![2]);
+        let t = assemble(8, "new".into(), vec![teacher, crt, gauss, macer, grandchild]);
+        let versus: Vec<(&str, Option<f64>)> =
+            t.students[0].baselines.iter().map(|v| (v.label.as_str(), v.speedup)).collect();
+        assert_eq!(versus, [("gaussian", Some(2.0)), ("macer", None)]);
+        assert_eq!((t.rows[4].parent.as_deref(), t.rows[4].generation), (Some("crt/linear"), 2));
+        assert_eq!((t.students[1].arch.as_str(), t.students[1].baselines.len()), ("mlp", 0));
+        assert!(!t.done && t.rows.iter().all(|r| r.certified_acc == [None; 4]));
+        let csv = to_csv(&t);
+        assert_eq!(csv.lines().count(), 6);
+        assert!(
+            csv.lines().nth(3).unwrap().starts_with("baseline/gaussian/linear,,gaussian,,baseline,linear,gaussian,,0,"),
+            "{csv}"
+        );
     }
 
     #[test]
