@@ -1,8 +1,11 @@
-//! A CRT study: one robust teacher, its CRT students, a baseline trained the teacher's way for
-//! each student architecture, and a certification of every model, compared in one table.
+//! A CRT study: one robust teacher, its CRT students, one or more robust baselines trained from
+//! scratch for each student architecture, and a certification of every model, compared in one
+//! table.
 //!
 //! A study needs no tables of its own: it is an experiment tagged [`STUDY_TAG`] whose runs are
-//! named by their role (`teacher`, `crt/<arch>`, `baseline/<arch>`, `certify/<model role>`).
+//! named by their role (`teacher`, `crt/<arch>`, `baseline/<label>/<arch>`, `certify/<model
+//! role>`). Studies stored before several baselines existed name their one baseline
+//! `baseline/<arch>`; the table reads both.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +22,9 @@ use crate::store::{experiments, runs, Store};
 pub const STUDY_TAG: &str = "crt-study";
 /// The radii the table reports certified accuracy at.
 pub const TABLE_RADII: [f64; 4] = [0.25, 0.5, 0.75, 1.0];
+/// The most baselines a study may train per student: each one is a full robust training (and a
+/// certification) per student architecture, so the list multiplies the study's cost.
+pub const MAX_BASELINES: usize = 8;
 
 /// `POST /api/v1/studies`.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +37,10 @@ pub struct StudyRequest {
     pub students: Vec<Arch>,
     #[serde(default)]
     pub transfer: TransferSpec,
+    /// The robust methods each student architecture is also trained with from scratch; absent:
+    /// one baseline trained exactly the teacher's way.
+    #[serde(default)]
+    pub baselines: Option<Vec<BaselineSpec>>,
     #[serde(default)]
     pub certify: SmoothingConfig,
     #[serde(default)]
@@ -55,6 +65,29 @@ pub struct TeacherSpec {
     #[serde(default)]
     pub batch_size: Option<usize>,
     #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+/// One baseline recipe; what it leaves out is the teacher's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    pub method: Method,
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+/// A baseline with the teacher's values filled in, and the label its run roles carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    pub label: String,
+    pub method: Method,
+    pub epochs: usize,
+    pub batch_size: Option<usize>,
     pub lr: Option<f64>,
 }
 
@@ -125,6 +158,7 @@ pub fn validate(req: &StudyRequest) -> Result<(), FieldError> {
     if req.transfer.epochs == Some(0) {
         return Err(FieldError::new("transfer.epochs", "must be at least 1"));
     }
+    validate_baselines(req)?;
     for (name, v) in [("train_subset", req.train_subset), ("test_subset", req.test_subset)] {
         if v == Some(0) {
             return Err(FieldError::new(name, "must be at least 1 when given"));
@@ -133,34 +167,133 @@ pub fn validate(req: &StudyRequest) -> Result<(), FieldError> {
     req.certify.validate("certify").map_err(to_field)
 }
 
+/// The baselines' own checks, each error named by its place in the list (`baselines[i].…`).
+fn validate_baselines(req: &StudyRequest) -> Result<(), FieldError> {
+    let Some(list) = &req.baselines else { return Ok(()) };
+    if list.is_empty() {
+        return Err(FieldError::new(
+            "baselines",
+            "list at least one baseline, or leave the field out for one trained the teacher's way",
+        ));
+    }
+    if list.len() > MAX_BASELINES {
+        return Err(FieldError::new("baselines", format!("at most {MAX_BASELINES} baselines (got {})", list.len())));
+    }
+    for (i, b) in list.iter().enumerate() {
+        let field = |name: &str| format!("baselines[{i}].{name}");
+        if b.method.sigma().is_none() {
+            return Err(FieldError::new(
+                field("method"),
+                "a baseline must be trained for smoothing: a method with a sigma (gaussian, smoothadv, macer, consistency, smoothmix)",
+            ));
+        }
+        b.method.validate(&field("method")).map_err(to_field)?;
+        if b.epochs == Some(0) {
+            return Err(FieldError::new(field("epochs"), "must be at least 1"));
+        }
+        if b.batch_size == Some(0) {
+            return Err(FieldError::new(field("batch_size"), "must be at least 1"));
+        }
+        if b.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+            return Err(FieldError::new(field("lr"), "must be a positive number"));
+        }
+    }
+    // Two equal recipes would train the same model twice under two names: refused, not deduplicated,
+    // so the table has exactly the rows the request listed.
+    let resolved = req.baselines();
+    for (i, b) in resolved.iter().enumerate() {
+        if let Some(j) = resolved[..i].iter().position(|a| a.same_recipe(b)) {
+            return Err(FieldError::new(
+                format!("baselines[{i}]"),
+                format!("the same recipe as baselines[{j}] (method, its parameters, epochs, batch_size, lr)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Baseline {
+    fn same_recipe(&self, other: &Baseline) -> bool {
+        self.method == other.method
+            && self.epochs == other.epochs
+            && self.batch_size == other.batch_size
+            && self.lr == other.lr
+    }
+
+    /// The model's run role, `baseline/<label>/<arch>`.
+    pub fn role(&self, arch: Arch) -> String {
+        format!("baseline/{}/{}", self.label, arch.as_str())
+    }
+}
+
 impl StudyRequest {
+    /// The baselines as trained: the teacher's values where a baseline leaves one out, one
+    /// teacher-recipe baseline when the request lists none. Each is labelled by its method's
+    /// name, with its index in the list appended where that name is listed more than once.
+    pub fn baselines(&self) -> Vec<Baseline> {
+        let t = &self.teacher;
+        let Some(list) = &self.baselines else {
+            return vec![Baseline {
+                label: t.method.name().to_string(),
+                method: t.method.clone(),
+                epochs: t.epochs,
+                batch_size: t.batch_size,
+                lr: t.lr,
+            }];
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name = b.method.name();
+                let repeated = list.iter().filter(|o| o.method.name() == name).count() > 1;
+                Baseline {
+                    label: if repeated { format!("{name}-{i}") } else { name.to_string() },
+                    method: b.method.clone(),
+                    epochs: b.epochs.unwrap_or(t.epochs),
+                    batch_size: b.batch_size.or(t.batch_size),
+                    lr: b.lr.or(t.lr),
+                }
+            })
+            .collect()
+    }
+
     fn data(&self) -> Value {
         json!({ "dataset": self.dataset, "train_subset": self.train_subset, "test_subset": self.test_subset })
     }
 
-    fn optim(&self, epochs: usize) -> Value {
+    fn optim(epochs: usize, batch_size: Option<usize>, lr: Option<f64>) -> Value {
         let mut optim = json!({ "epochs": epochs });
-        if let Some(b) = self.teacher.batch_size {
+        if let Some(b) = batch_size {
             optim["batch_size"] = json!(b);
         }
-        if let Some(lr) = self.teacher.lr {
+        if let Some(lr) = lr {
             optim["lr"] = json!(lr);
         }
         optim
     }
 
-    fn train_config(&self, arch: Arch) -> Value {
+    fn teacher_config(&self) -> Value {
+        let t = &self.teacher;
+        self.train_config(t.arch, &t.method, Self::optim(t.epochs, t.batch_size, t.lr))
+    }
+
+    fn baseline_config(&self, arch: Arch, b: &Baseline) -> Value {
+        self.train_config(arch, &b.method, Self::optim(b.epochs, b.batch_size, b.lr))
+    }
+
+    fn train_config(&self, arch: Arch, method: &Method, optim: Value) -> Value {
         json!({
-            "kind": "train", "data": self.data(), "arch": arch, "method": self.teacher.method,
-            "optim": self.optim(self.teacher.epochs), "seed": self.seed.unwrap_or(0),
+            "kind": "train", "data": self.data(), "arch": arch, "method": method,
+            "optim": optim, "seed": self.seed.unwrap_or(0),
         })
     }
 
     fn transfer_config(&self, arch: Arch) -> Value {
+        let t = &self.teacher;
         json!({
             "kind": "transfer", "data": self.data(), "student_arch": arch,
             "loss": { "name": "crt", "logit_weight": self.transfer.logit_weight },
-            "optim": self.optim(self.transfer.epochs.unwrap_or(self.teacher.epochs)),
+            "optim": Self::optim(self.transfer.epochs.unwrap_or(t.epochs), t.batch_size, t.lr),
             "seed": self.seed.unwrap_or(0),
         })
     }
@@ -175,11 +308,16 @@ impl StudyRequest {
 pub async fn create(manager: &RunManager, req: &StudyRequest) -> Result<StudyCreated, RunError> {
     validate(req)?;
     let description = format!(
-        "CRT study: {} teacher ({} σ={}) → students {}",
+        "CRT study: {} teacher ({} σ={}) → students {}; baselines {}",
         req.teacher.arch.as_str(),
         req.teacher.method.name(),
         req.teacher.method.sigma().unwrap_or_default(),
-        req.students.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        req.students.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+        req.baselines()
+            .iter()
+            .map(|b| format!("{} σ={}", b.label, b.method.sigma().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let exp = experiments::create(manager.store(), req.name.trim(), &description, &[STUDY_TAG.to_string()]).await?;
     match create_runs(manager, req, exp.id).await {
@@ -210,16 +348,19 @@ async fn create_runs(
         backend: None,
         slurm: None,
     };
-    let teacher = manager.create(add("teacher".into(), vec![], req.train_config(req.teacher.arch))).await?.id;
+    let teacher = manager.create(add("teacher".into(), vec![], req.teacher_config())).await?.id;
     created.insert("teacher".into(), teacher);
     let mut models = vec![("teacher".to_string(), teacher)];
+    let baselines = req.baselines();
     for arch in &req.students {
         let crt = format!("crt/{}", arch.as_str());
         let id = manager.create(add(crt.clone(), vec![teacher], req.transfer_config(*arch))).await?.id;
         models.push((crt, id));
-        let base = format!("baseline/{}", arch.as_str());
-        let id = manager.create(add(base.clone(), vec![], req.train_config(*arch))).await?.id;
-        models.push((base, id));
+        for b in &baselines {
+            let role = b.role(*arch);
+            let id = manager.create(add(role.clone(), vec![], req.baseline_config(*arch, b))).await?.id;
+            models.push((role, id));
+        }
     }
     for (role, id) in &models {
         let cert = format!("certify/{role}");
@@ -230,10 +371,48 @@ async fn create_runs(
     Ok(created)
 }
 
+/// What a model is to the study, read from its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleKind {
+    Teacher,
+    Crt,
+    Baseline,
+    /// A model run added to the study's experiment by hand.
+    Other,
+}
+
+/// The kind, student architecture and baseline label a role names: `crt/<arch>`,
+/// `baseline/<label>/<arch>`, or a study stored before several baselines, `baseline/<arch>`
+/// (label `None`: the caller names it after the run's method).
+fn parse_role(role: &str) -> (RoleKind, Option<&str>, Option<&str>) {
+    if role == "teacher" {
+        return (RoleKind::Teacher, None, None);
+    }
+    if let Some(arch) = role.strip_prefix("crt/") {
+        return (RoleKind::Crt, Some(arch), None);
+    }
+    match role.strip_prefix("baseline/").map(|rest| rest.rsplit_once('/')) {
+        Some(Some((label, arch))) => (RoleKind::Baseline, Some(arch), Some(label)),
+        Some(None) => (RoleKind::Baseline, role.strip_prefix("baseline/"), None),
+        None => (RoleKind::Other, None, None),
+    }
+}
+
 /// One model of the study and how it did.
 #[derive(Debug, Clone, Serialize)]
 pub struct StudyRow {
     pub role: String,
+    pub role_kind: RoleKind,
+    /// The student architecture a CRT or baseline row belongs to.
+    pub student: Option<String>,
+    /// A baseline row's label (its method's name, `-<index>` appended where the study lists that
+    /// method more than once).
+    pub baseline: Option<String>,
+    /// The role of the model this one learned from (a CRT student's teacher), for the lineage.
+    pub parent: Option<String>,
+    /// 0 for a model trained from scratch, its parent's generation + 1 otherwise.
+    pub generation: usize,
     pub arch: Option<String>,
     pub method: Option<String>,
     pub sigma: Option<f64>,
@@ -245,11 +424,34 @@ pub struct StudyRow {
     pub test_acc: Option<f64>,
     /// Accuracy of the smoothed classifier (certification summary `clean_acc`).
     pub clean_acc: Option<f64>,
+    /// How many test images were certified (certification summary `images`).
+    pub images: Option<u64>,
     /// Certified accuracy at each of [`TABLE_RADII`].
     pub certified_acc: Vec<Option<f64>>,
+    /// The binomial standard error of each `certified_acc`, sqrt(p(1-p)/images).
+    pub certified_acc_se: Vec<Option<f64>>,
     pub acr: Option<f64>,
     pub train_wall_time_s: f64,
-    /// Baseline training time / CRT training time, on CRT rows once both have finished.
+    /// On baseline rows, once both have finished: this baseline's training time / the CRT
+    /// student's of the same architecture (how many times faster CRT trained).
+    pub speedup: Option<f64>,
+}
+
+/// One student architecture: its CRT model beside each of its baselines.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudentGroup {
+    pub arch: String,
+    /// The CRT model's role.
+    pub crt: Option<String>,
+    pub baselines: Vec<Versus>,
+}
+
+/// The CRT student against one baseline of its architecture.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    pub label: String,
+    pub role: String,
+    /// Baseline training time / CRT training time, once both have finished.
     pub speedup: Option<f64>,
 }
 
@@ -261,12 +463,16 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
+/// `GET /api/v1/studies/{id}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StudyTable {
     pub experiment_id: i64,
     pub name: String,
     pub radii: Vec<f64>,
+    /// Every model, in creation order: the teacher, then per student its CRT model and baselines.
     pub rows: Vec<StudyRow>,
+    /// Per student architecture, in the order the study lists them.
+    pub students: Vec<StudentGroup>,
     pub curves: Vec<Curve>,
     /// True once every run has ended (finished, failed, stopped, …).
     pub done: bool,
@@ -298,11 +504,30 @@ fn at_radius(points: &[(f64, f64)], max_radius: Option<f64>, r: f64) -> Option<f
     max_radius.filter(|&m| r > m).map(|_| 0.0)
 }
 
+/// The binomial standard error of a proportion `p` measured on `n` images.
+fn binomial_se(p: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| (p * (1.0 - p) / n as f64).max(0.0).sqrt())
+}
+
 fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
     let curve = cert.and_then(|c| c.summary.as_ref()).map(curve_of).unwrap_or_default();
     let max_radius = cert.and_then(|c| metric(c, "max_radius"));
+    let images = cert.and_then(|c| metric(c, "images")).filter(|n| *n >= 0.0).map(|n| n.round() as u64);
+    let certified_acc: Vec<Option<f64>> =
+        TABLE_RADII.iter().map(|r| if curve.is_empty() { None } else { at_radius(&curve, max_radius, *r) }).collect();
+    let (role_kind, student, label) = parse_role(&model.name);
+    let baseline = match role_kind {
+        // An old `baseline/<arch>` row is named after its method, as a new one would be.
+        RoleKind::Baseline => Some(label.or(model.method.as_deref()).unwrap_or("baseline").to_string()),
+        _ => None,
+    };
     StudyRow {
         role: model.name.clone(),
+        role_kind,
+        student: student.map(str::to_string),
+        baseline,
+        parent: None,
+        generation: 0,
         arch: model.arch.clone(),
         method: model.method.clone(),
         sigma: model.sigma,
@@ -312,10 +537,9 @@ fn model_row(model: &Run, cert: Option<&Run>) -> StudyRow {
         certify_status: cert.map(|c| c.status.as_str().to_string()),
         test_acc: metric(model, "test/acc"),
         clean_acc: cert.and_then(|c| metric(c, "clean_acc").or_else(|| metric(c, "certified_acc@0"))),
-        certified_acc: TABLE_RADII
-            .iter()
-            .map(|r| if curve.is_empty() { None } else { at_radius(&curve, max_radius, *r) })
-            .collect(),
+        images,
+        certified_acc_se: certified_acc.iter().map(|p| binomial_se((*p)?, images?)).collect(),
+        certified_acc,
         acr: cert.and_then(|c| metric(c, "acr")),
         train_wall_time_s: model.wall_time_s,
         speedup: None,
@@ -330,27 +554,24 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
     }
     let filter = RunFilter { experiment_id: Some(experiment_id), limit: 10_000, ..RunFilter::default() };
     let all = runs::list(&store.pool, &filter).await?;
+    Ok(Some(assemble(experiment_id, exp.name, all)))
+}
+
+/// The table of a study's runs.
+fn assemble(experiment_id: i64, name: String, mut all: Vec<Run>) -> StudyTable {
+    // Creation order is the study's own: teacher, then each student's CRT model and baselines.
+    all.sort_by_key(|r| r.id);
     let done = all.iter().all(|r| !r.status.is_active());
-    let models = all.iter().filter(|r| r.kind.makes_model());
+    let models: Vec<&Run> = all.iter().filter(|r| r.kind.makes_model()).collect();
     let mut rows: Vec<StudyRow> = models
+        .iter()
         .map(|m| {
             let cert = all.iter().find(|c| c.kind == RunKind::Certify && c.parents.contains(&m.id));
             model_row(m, cert)
         })
         .collect();
-    let finished_time =
-        |role: &str| rows.iter().find(|r| r.role == role && r.train_status == "finished").map(|r| r.train_wall_time_s);
-    let speedups: Vec<Option<f64>> = rows
-        .iter()
-        .map(|row| {
-            let arch = row.role.strip_prefix("crt/")?;
-            let (base, crt) = (finished_time(&format!("baseline/{arch}"))?, finished_time(&row.role)?);
-            (crt > 0.0).then(|| base / crt)
-        })
-        .collect();
-    for (row, s) in rows.iter_mut().zip(speedups) {
-        row.speedup = s;
-    }
+    link_lineage(&mut rows, &models);
+    let students = compare(&mut rows);
     let curves = all
         .iter()
         .filter(|c| c.kind == RunKind::Certify)
@@ -359,31 +580,103 @@ pub async fn table(store: &Store, experiment_id: i64) -> anyhow::Result<Option<S
             Some(Curve { role, points: curve_of(c.summary.as_ref()?) })
         })
         .collect();
-    Ok(Some(StudyTable { experiment_id, name: exp.name, radii: TABLE_RADII.to_vec(), rows, curves, done }))
+    StudyTable { experiment_id, name, radii: TABLE_RADII.to_vec(), rows, students, curves, done }
+}
+
+/// Each row's parent among the study's models and its generation (`models[i]` is `rows[i]`'s run).
+fn link_lineage(rows: &mut [StudyRow], models: &[&Run]) {
+    let parent_of: Vec<Option<usize>> =
+        models.iter().map(|m| models.iter().position(|p| m.parents.contains(&p.id))).collect();
+    for i in 0..rows.len() {
+        rows[i].parent = parent_of[i].map(|p| rows[p].role.clone());
+        // Parents are created before their children, so the walk ends; the bound guards a bad row.
+        let (mut generation, mut at) = (0, parent_of[i]);
+        while let Some(p) = at.filter(|_| generation < rows.len()) {
+            generation += 1;
+            at = parent_of[p];
+        }
+        rows[i].generation = generation;
+    }
+}
+
+/// Groups the rows by student architecture and sets each baseline row's speedup: the baseline's
+/// training time over the CRT model's, both finished.
+fn compare(rows: &mut [StudyRow]) -> Vec<StudentGroup> {
+    let finished = |r: &StudyRow| (r.train_status == "finished").then_some(r.train_wall_time_s);
+    let mut groups: Vec<StudentGroup> = Vec::new();
+    for i in 0..rows.len() {
+        let Some(arch) = rows[i].student.clone() else { continue };
+        let crt = rows.iter().find(|r| r.role_kind == RoleKind::Crt && r.student.as_deref() == Some(&arch));
+        let speedup = match (rows[i].role_kind, crt) {
+            (RoleKind::Baseline, Some(crt)) => match (finished(&rows[i]), finished(crt)) {
+                (Some(base), Some(crt)) if crt > 0.0 => Some(base / crt),
+                _ => None,
+            },
+            _ => None,
+        };
+        let crt_role = crt.map(|c| c.role.clone());
+        rows[i].speedup = speedup;
+        let group = match groups.iter().position(|g| g.arch == arch) {
+            Some(g) => &mut groups[g],
+            None => {
+                groups.push(StudentGroup { arch: arch.clone(), crt: crt_role, baselines: Vec::new() });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        if rows[i].role_kind == RoleKind::Baseline {
+            let label = rows[i].baseline.clone().unwrap_or_default();
+            group.baselines.push(Versus { label, role: rows[i].role.clone(), speedup });
+        }
+    }
+    groups
 }
 
 /// The table as CSV: one header line, one line per model; empty cells for missing values.
 pub fn to_csv(table: &StudyTable) -> String {
-    let mut header = vec!["role", "arch", "method", "sigma", "train_status", "certify_status", "test_acc", "clean_acc"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut header = [
+        "role",
+        "arch",
+        "method",
+        "sigma",
+        "role_kind",
+        "student",
+        "baseline",
+        "parent",
+        "generation",
+        "train_status",
+        "certify_status",
+        "test_acc",
+        "clean_acc",
+        "images",
+    ]
+    .map(String::from)
+    .to_vec();
     header.extend(table.radii.iter().map(|r| format!("certified_acc@{r}")));
+    header.extend(table.radii.iter().map(|r| format!("certified_acc_se@{r}")));
     header.extend(["acr", "train_wall_time_s", "speedup"].map(String::from));
     let mut out = header.join(",") + "\n";
     let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let opt = |v: Option<&str>| cell(v.unwrap_or(""));
     for r in &table.rows {
+        let kind = serde_json::to_value(r.role_kind).ok().and_then(|v| v.as_str().map(String::from));
         let mut cells = vec![
             cell(&r.role),
-            cell(r.arch.as_deref().unwrap_or("")),
-            cell(r.method.as_deref().unwrap_or("")),
+            opt(r.arch.as_deref()),
+            opt(r.method.as_deref()),
             num(r.sigma),
+            opt(kind.as_deref()),
+            opt(r.student.as_deref()),
+            opt(r.baseline.as_deref()),
+            opt(r.parent.as_deref()),
+            r.generation.to_string(),
             cell(&r.train_status),
-            cell(r.certify_status.as_deref().unwrap_or("")),
+            opt(r.certify_status.as_deref()),
             num(r.test_acc),
             num(r.clean_acc),
+            r.images.map(|n| n.to_string()).unwrap_or_default(),
         ];
         cells.extend(r.certified_acc.iter().map(|v| num(*v)));
+        cells.extend(r.certified_acc_se.iter().map(|v| num(*v)));
         cells.extend([num(r.acr), r.train_wall_time_s.to_string(), num(r.speedup)]);
         out.push_str(&cells.join(","));
         out.push('\n');
@@ -432,8 +725,138 @@ mod tests {
         bad["certify"] = json!({"n": 0});
         let e = validate(&serde_json::from_value(bad).unwrap()).unwrap_err();
         assert_eq!(e.field, "certify.n");
-        let mut bad = base;
+        let mut bad = base.clone();
         bad["students"] = json!(["linear", "linear"]);
         assert_eq!(validate(&serde_json::from_value(bad).unwrap()).unwrap_err().field, "students[1]");
+
+        let field_of = |baselines: Value| {
+            let mut body = base.clone();
+            body["baselines"] = baselines;
+            validate(&serde_json::from_value(body).unwrap()).err().map(|e| e.field)
+        };
+        let gaussian = json!({"method": {"name": "gaussian", "sigma": 0.25}});
+        assert_eq!(field_of(json!([gaussian, {"method": {"name": "macer", "sigma": 0.25, "k": 2}}])), None);
+        assert_eq!(field_of(json!([])).as_deref(), Some("baselines"));
+        assert_eq!(field_of(json!(vec![gaussian.clone(); MAX_BASELINES + 1])).as_deref(), Some("baselines"));
+        assert_eq!(
+            field_of(json!([gaussian, {"method": {"name": "standard"}}])).as_deref(),
+            Some("baselines[1].method")
+        );
+        assert_eq!(
+            field_of(json!([{"method": {"name": "macer", "sigma": 0.25, "k": 0}}])).as_deref(),
+            Some("baselines[0].method.k")
+        );
+        assert_eq!(
+            field_of(json!([{"method": gaussian["method"], "epochs": 0}])).as_deref(),
+            Some("baselines[0].epochs")
+        );
+        // Equal once the teacher's values fill in: the teacher trains 1 epoch.
+        assert_eq!(
+            field_of(json!([gaussian, {"method": gaussian["method"], "epochs": 1}])).as_deref(),
+            Some("baselines[1]")
+        );
+        assert_eq!(field_of(json!([gaussian, {"method": gaussian["method"], "epochs": 2}])), None);
+    }
+
+    #[test]
+    fn baseline_labels_and_roles() {
+        let mut body = json!({"name": "s", "teacher": {"arch": "lenet", "method": {"name": "smoothadv", "sigma": 0.5}, "epochs": 3, "lr": 0.05},
+            "students": ["linear"]});
+        let req: StudyRequest = serde_json::from_value(body.clone()).unwrap();
+        let only = req.baselines();
+        assert_eq!(only.len(), 1, "no list: one baseline, the teacher's recipe");
+        assert_eq!((only[0].label.as_str(), only[0].epochs, only[0].lr), ("smoothadv", 3, Some(0.05)));
+        assert_eq!(only[0].method, req.teacher.method);
+        body["baselines"] = json!([
+            {"method": {"name": "gaussian", "sigma": 0.25}},
+            {"method": {"name": "macer", "sigma": 0.25}, "epochs": 1},
+            {"method": {"name": "gaussian", "sigma": 0.5}, "lr": 0.1},
+        ]);
+        let req: StudyRequest = serde_json::from_value(body).unwrap();
+        let labels: Vec<String> = req.baselines().iter().map(|b| b.role(Arch::Linear)).collect();
+        assert_eq!(labels, ["baseline/gaussian-0/linear", "baseline/macer/linear", "baseline/gaussian-2/linear"]);
+        let b = req.baselines();
+        assert_eq!((b[1].epochs, b[2].epochs, b[2].lr, b[0].lr), (1, 3, Some(0.1), Some(0.05)));
+        // Roles as stored, old and new, read back.
+        assert_eq!(parse_role("baseline/linear"), (RoleKind::Baseline, Some("linear"), None));
+        assert_eq!(parse_role("baseline/gaussian-0/linear"), (RoleKind::Baseline, Some("linear"), Some("gaussian-0")));
+        assert_eq!(parse_role("crt/mlp"), (RoleKind::Crt, Some("mlp"), None));
+        assert_eq!(parse_role("teacher"), (RoleKind::Teacher, None, None));
+        assert_eq!(parse_role("my run"), (RoleKind::Other, None, None));
+    }
+
+    /// A finished model run of the study.
+    fn model(id: i64, name: &str, kind: RunKind, method: &str, wall: f64, parents: Vec<i64>) -> Run {
+        Run {
+            name: name.into(),
+            status: crate::runs::RunStatus::Finished,
+            method: Some(method.into()),
+            wall_time_s: wall,
+            parents,
+            ..Run::example(id, kind)
+        }
+    }
+
+    fn certification(id: i64, of: &Run) -> Run {
+        Run {
+            name: format!("certify/{}", of.name),
+            status: crate::runs::RunStatus::Finished,
+            parents: vec![of.id],
+            summary: Some(json!({"certified_acc@0": 0.9, "certified_acc@0.25": 0.6, "certified_acc@0.5": 0.5,
+                "max_radius": 0.6, "images": 30.0, "acr": 0.3, "clean_acc": 0.9})),
+            ..Run::example(id, RunKind::Certify)
+        }
+    }
+
+    #[test]
+    fn table_of_an_old_study_and_a_new_one() {
+        // Stored before several baselines: one `baseline/<arch>`, labelled by its method.
+        let teacher = model(1, "teacher", RunKind::Train, "smoothadv", 10.0, vec![]);
+        let crt = model(2, "crt/linear", RunKind::Transfer, "crt", 2.0, vec![1]);
+        let base = model(3, "baseline/linear", RunKind::Train, "smoothadv", 5.0, vec![]);
+        let certs: Vec<Run> =
+            [&teacher, &crt, &base].iter().enumerate().map(|(i, m)| certification(10 + i as i64, m)).collect();
+        let mut all = vec![base.clone(), teacher.clone(), crt.clone()];
+        all.extend(certs);
+        let t = assemble(7, "old".into(), all);
+        let roles: Vec<&str> = t.rows.iter().map(|r| r.role.as_str()).collect();
+        assert_eq!(roles, ["teacher", "crt/linear", "baseline/linear"], "creation order");
+        assert_eq!(t.rows[2].baseline.as_deref(), Some("smoothadv"));
+        assert_eq!(t.rows[2].speedup, Some(2.5));
+        assert_eq!((t.rows[1].parent.as_deref(), t.rows[1].generation), (Some("teacher"), 1));
+        assert_eq!((t.rows[2].parent.as_deref(), t.rows[2].generation), (None, 0));
+        assert_eq!(t.students.len(), 1);
+        assert_eq!((t.students[0].crt.as_deref(), t.students[0].baselines[0].speedup), (Some("crt/linear"), Some(2.5)));
+        let se = (0.6_f64 * 0.4 / 30.0).sqrt();
+        assert_eq!(t.rows[0].certified_acc, [Some(0.6), Some(0.5), Some(0.0), Some(0.0)]);
+        assert_eq!(t.rows[0].certified_acc_se, [Some(se), Some((0.25_f64 / 30.0).sqrt()), Some(0.0), Some(0.0)]);
+        assert!(t.done);
+
+        // Two baselines, one still running: its speedup waits; a CRT student of the CRT student
+        // is a second generation.
+        let gauss = model(4, "baseline/gaussian/linear", RunKind::Train, "gaussian", 4.0, vec![]);
+        let mut macer = model(5, "baseline/macer/linear", RunKind::Train, "macer", 1.0, vec![]);
+        macer.status = crate::runs::RunStatus::Running;
+        let grandchild = model(6, "crt/mlp", RunKind::Transfer, "crt", 1.0, vec![2]);
+        let t = assemble(8, "new".into(), vec![teacher, crt, gauss, macer, grandchild]);
+        let versus: Vec<(&str, Option<f64>)> =
+            t.students[0].baselines.iter().map(|v| (v.label.as_str(), v.speedup)).collect();
+        assert_eq!(versus, [("gaussian", Some(2.0)), ("macer", None)]);
+        assert_eq!((t.rows[4].parent.as_deref(), t.rows[4].generation), (Some("crt/linear"), 2));
+        assert_eq!((t.students[1].arch.as_str(), t.students[1].baselines.len()), ("mlp", 0));
+        assert!(!t.done && t.rows.iter().all(|r| r.certified_acc == [None; 4]));
+        let csv = to_csv(&t);
+        assert_eq!(csv.lines().count(), 6);
+        assert!(
+            csv.lines().nth(3).unwrap().starts_with("baseline/gaussian/linear,,gaussian,,baseline,linear,gaussian,,0,"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn standard_error() {
+        assert_eq!(binomial_se(0.5, 100), Some(0.05));
+        assert_eq!(binomial_se(1.0, 10), Some(0.0));
+        assert_eq!(binomial_se(0.5, 0), None);
     }
 }

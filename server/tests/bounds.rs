@@ -254,6 +254,24 @@ async fn study_sizes_are_bounded() {
     assert_accepted("study", post(study(&|b| b["teacher"]["epochs"] = json!(1000))).await, StatusCode::CREATED);
     assert_refused("study", post(study(&|b| b["teacher"]["epochs"] = json!(1001))).await, "teacher.epochs");
     assert_refused("study", post(study(&|b| b["name"] = json!(chars(201)))).await, "name");
+    let baseline = |epochs: usize, batch_size: usize| {
+        move |b: &mut Value| {
+            b["baselines"] =
+                json!([{"method": {"name": "gaussian", "sigma": 0.5}, "epochs": epochs, "batch_size": batch_size}])
+        }
+    };
+    assert_accepted("study", post(study(&baseline(1000, 4096))).await, StatusCode::CREATED);
+    assert_refused("study", post(study(&baseline(1001, 64))).await, "baselines[0].epochs");
+    assert_refused("study", post(study(&baseline(1, 4097))).await, "baselines[0].batch_size");
+    let many = |n: usize| {
+        move |b: &mut Value| {
+            b["baselines"] = json!((0..n)
+                .map(|i| json!({"method": {"name": "gaussian", "sigma": 0.1 + 0.1 * i as f64}}))
+                .collect::<Vec<_>>())
+        }
+    };
+    assert_accepted("study", post(study(&many(8))).await, StatusCode::CREATED);
+    assert_refused("study", post(study(&many(9))).await, "baselines");
     assert_refused("study", post(study(&|b| b["train_subset"] = json!(60_001))).await, "train_subset");
     let small = max_cert_batch(Arch::Resnet110, Dataset::Mnist);
     assert_accepted(

@@ -1,7 +1,9 @@
 //! The CRT study in a real headless Chromium against the real server and trainer on real MNIST:
-//! the study form refuses a bad σ next to its field and stores nothing, a good one starts the
-//! study, and the study page's table and certified-accuracy chart show the runs' real results —
-//! the chart's curves equal certified accuracy computed here from each run's certificates.
+//! the study form refuses a bad σ (and baseline parameters that are not JSON) next to its field
+//! and stores nothing, a good one with two baselines starts the study, and the study page's
+//! lineage, table (accuracies ± standard error, the speedup against each baseline) and
+//! certified-accuracy chart show the runs' real results — the chart's curves equal certified
+//! accuracy computed here from each run's certificates.
 
 mod common;
 mod ui_support;
@@ -44,6 +46,22 @@ async fn study_form_and_page() {
     b.fill("#s-max", "8").await;
     b.fill("#s-train-subset", "1000").await;
     b.fill("#s-test-subset", "200").await;
+    // Two baselines: Gaussian as the row comes, MACER with its own (small) k.
+    b.click("#s-add-baseline").await;
+    b.click("#s-add-baseline").await;
+    b.select("#s-b1-method-name", "macer").await;
+    b.fill("#s-b1-method-params", "{\"k\": 2").await;
+    b.click("#study-form button[type=submit]").await;
+    let message = b
+        .wait_js(
+            "the parameters' error",
+            PAGE_TIMEOUT,
+            "const e = document.getElementById('s-b1-method-params').closest('.field').querySelector('.field-error');
+             return e ? e.textContent : null;",
+        )
+        .await;
+    assert!(message.as_str().unwrap().contains("JSON"), "{message}");
+    b.fill("#s-b1-method-params", "{\"k\": 2}").await;
     b.click("#study-form button[type=submit]").await;
     let message = b
         .wait_js(
@@ -71,7 +89,9 @@ async fn study_form_and_page() {
     let t0 = Instant::now();
     let (_, runs) = server.get(&format!("/api/v1/experiments/{id}/runs")).await;
     let runs = runs.as_array().unwrap().clone();
-    assert_eq!(runs.len(), 6, "teacher, CRT student, baseline and three certifications: {runs:#?}");
+    assert_eq!(runs.len(), 8, "teacher, CRT student, two baselines and four certifications: {runs:#?}");
+    let macer = runs.iter().find(|r| r["name"] == "baseline/macer/linear").expect("the MACER baseline");
+    assert_eq!(macer["config"]["method"]["k"], 2, "{macer}");
     for run in &runs {
         let remaining = RUN_TIMEOUT.saturating_sub(t0.elapsed());
         server.wait_status(run["id"].as_i64().unwrap(), "finished", remaining).await;
@@ -86,7 +106,7 @@ async fn study_form_and_page() {
     // ---- the table holds the server's numbers ----
     let (_, table) = server.get(&format!("/api/v1/studies/{id}")).await;
     let rows = table["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{table:#}");
+    assert_eq!(rows.len(), 4, "{table:#}");
     for row in rows {
         let role = row["role"].as_str().unwrap();
         let script = format!(
@@ -96,18 +116,43 @@ async fn study_form_and_page() {
         let cells = b.wait_js("the row", PAGE_TIMEOUT, &script).await;
         let cells: Vec<String> = serde_json::from_value(cells).unwrap();
         let mut expected = vec![pct(row["test_acc"].as_f64().unwrap()), pct(row["clean_acc"].as_f64().unwrap())];
-        expected.extend(row["certified_acc"].as_array().unwrap().iter().map(|a| pct(a.as_f64().unwrap())));
+        let se = row["certified_acc_se"].as_array().unwrap();
+        expected.extend(
+            row["certified_acc"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(se)
+                .map(|(a, se)| format!("{} ± {}", pct(a.as_f64().unwrap()), pct(se.as_f64().unwrap()))),
+        );
         expected.push(format!("{:.3}", row["acr"].as_f64().unwrap()));
-        assert_eq!(cells[4..11].to_vec(), expected, "{role}: {row}");
+        let speedup = row["speedup"].as_f64().map_or("—".to_string(), |s| format!("{s:.2}×"));
+        expected.push(speedup);
+        assert_eq!([&cells[4..11], &cells[12..]].concat(), expected, "{role}: {row}");
+    }
+    // The CRT student beside each baseline, with the speedup against each, under the teacher.
+    let lineage = b
+        .wait_js(
+            "the lineage",
+            PAGE_TIMEOUT,
+            "const li = document.querySelector('#study-lineage li[data-role=\"teacher\"] li[data-role=\"crt/linear\"]');
+             return li ? li.textContent : null;",
+        )
+        .await;
+    let lineage = lineage.as_str().unwrap();
+    for v in table["students"][0]["baselines"].as_array().unwrap() {
+        let s = v["speedup"].as_f64().unwrap();
+        let shown = format!("{} (linear, CRT speedup {s:.2}×)", v["label"].as_str().unwrap());
+        assert!(lineage.contains(&shown), "{shown} not in {lineage:?}");
     }
 
     // ---- the chart: one exact curve per model, from its certificates ----
     let drawn = b
         .wait_js(
-            "three curves",
+            "four curves",
             PAGE_TIMEOUT,
             "const c = document.getElementById('study-chart');
-             return c.chartData && c.chartData.length === 4 ? c.chartData : null;",
+             return c.chartData && c.chartData.length === 5 ? c.chartData : null;",
         )
         .await;
     let drawn: Vec<Vec<Option<f64>>> = serde_json::from_value(drawn).unwrap();

@@ -1,7 +1,7 @@
 // A CRT study: the form that creates one (with the MNIST quick-start preset), and the study
 // page, whose comparison table and certified-accuracy chart refill as the study's runs end.
 
-import { api, pageData } from './api.js';
+import { api, ApiError, pageData } from './api.js';
 import { ChartSlot, PALETTE } from './charts.js';
 import { CertStore, radiusGrid } from './metrics.js';
 import { showError, clearErrors, busy } from './forms.js';
@@ -32,7 +32,7 @@ async function start(body) {
 function formBody(form) {
   const v = (path) => form.querySelector(`[data-path="${path}"]`).value.trim();
   const n = (path) => (v(path) === '' ? undefined : Number(v(path)));
-  return {
+  const body = {
     name: v('name'),
     dataset: v('dataset'),
     teacher: { arch: v('teacher.arch'), method: { name: v('teacher.method.name'), sigma: n('teacher.method.sigma') }, epochs: n('teacher.epochs') },
@@ -42,13 +42,74 @@ function formBody(form) {
     train_subset: n('train_subset'),
     test_subset: n('test_subset'),
   };
+  const rows = [...form.querySelectorAll('#s-baseline-list .baseline-row')];
+  // No rows: the field stays out and the server trains one baseline the teacher's way.
+  if (rows.length > 0) {
+    body.baselines = rows.map((row, i) => {
+      const path = (key) => `baselines[${i}].${key}`;
+      const params = v(path('method.params'));
+      let extra = {};
+      if (params !== '') {
+        try {
+          extra = JSON.parse(params);
+        } catch {
+          // Shown next to the input, as the server's own field errors are; nothing is sent.
+          throw new ApiError(0, 'not JSON: write the parameters as an object, e.g. {"k": 4}', path('method.params'));
+        }
+        if (extra === null || typeof extra !== 'object' || Array.isArray(extra)) {
+          throw new ApiError(0, 'must be a JSON object, e.g. {"k": 4}', path('method.params'));
+        }
+      }
+      return {
+        method: { ...extra, name: v(path('method.name')), sigma: n(path('method.sigma')) ?? extra.sigma },
+        epochs: n(path('epochs')),
+      };
+    });
+  }
+  return body;
+}
+
+/** Gives each baseline row's inputs their list index: ids, labels and the `data-path` the
+ * server's error names (`baselines[1].method.sigma`). */
+function numberBaselines(list) {
+  [...list.querySelectorAll('.baseline-row')].forEach((row, i) => {
+    for (const input of row.querySelectorAll('[data-key]')) {
+      const key = input.dataset.key;
+      input.id = `s-b${i}-${key.replace(/\W/g, '-')}`;
+      input.dataset.path = `baselines[${i}].${key}`;
+      const label = row.querySelector(`label[data-for="${key}"]`);
+      if (label) label.htmlFor = input.id;
+    }
+  });
+}
+
+function setupBaselines(form) {
+  const list = document.getElementById('s-baseline-list');
+  const template = document.getElementById('s-baseline-row');
+  document.getElementById('s-add-baseline').addEventListener('click', () => {
+    list.append(template.content.cloneNode(true));
+    numberBaselines(list);
+    list.lastElementChild.querySelector('select').focus();
+  });
+  list.addEventListener('click', (event) => {
+    const remove = event.target.closest('[data-remove]');
+    if (!remove) return;
+    remove.closest('.baseline-row').remove();
+    clearErrors(form);
+    numberBaselines(list);
+  });
 }
 
 function setupForm(form) {
+  setupBaselines(form);
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     clearErrors(form);
-    busy(form, () => start(formBody(form)).catch((e) => showError(form, e)));
+    busy(form, () =>
+      Promise.resolve()
+        .then(() => start(formBody(form)))
+        .catch((e) => showError(form, e)),
+    );
   });
   document.getElementById('study-quick').addEventListener('click', () => {
     clearErrors(form);
@@ -86,28 +147,112 @@ function runLink(id, status) {
   return td;
 }
 
+/** Certified accuracy with its binomial standard error, e.g. "60.0% ± 4.9%". */
+function pctSe(p, se) {
+  if (p === null || p === undefined) return '—';
+  return se === null || se === undefined ? fmt.pct(p) : `${fmt.pct(p)} ± ${fmt.pct(se)}`;
+}
+
+const speedupText = (s) => (s === null || s === undefined ? '—' : `${s.toFixed(2)}×`);
+
+function modelRow(r) {
+  const tr = document.createElement('tr');
+  tr.dataset.role = r.role;
+  if (r.role_kind === 'baseline') tr.className = 'row-baseline';
+  tr.append(
+    cell(r.role),
+    cell(r.arch ?? '—'),
+    runLink(r.train_run, r.train_status),
+    runLink(r.certify_run, r.certify_status),
+    cell(fmt.pct(r.test_acc), true),
+    cell(fmt.pct(r.clean_acc), true),
+    ...r.certified_acc.map((a, i) => cell(pctSe(a, (r.certified_acc_se ?? [])[i]), true)),
+    cell(fmt.num(r.acr), true),
+    cell(fmt.num(r.train_wall_time_s, 1), true),
+    cell(speedupText(r.speedup), true),
+  );
+  return tr;
+}
+
+function groupHead(text, columns) {
+  const tr = document.createElement('tr');
+  tr.className = 'row-group';
+  const th = document.createElement('th');
+  th.scope = 'colgroup';
+  th.colSpan = columns;
+  th.textContent = text;
+  tr.append(th);
+  return tr;
+}
+
+/** The teacher (and any model outside a student's group) first, then each student: its CRT
+ * model, then its baselines. */
 function drawTable(table) {
   const body = document.querySelector('#study-table tbody');
-  body.replaceChildren(
-    ...table.rows.map((r) => {
-      const tr = document.createElement('tr');
-      tr.dataset.role = r.role;
-      tr.append(
-        cell(r.role),
-        cell(r.arch ?? '—'),
-        runLink(r.train_run, r.train_status),
-        runLink(r.certify_run, r.certify_status),
-        cell(fmt.pct(r.test_acc), true),
-        cell(fmt.pct(r.clean_acc), true),
-        ...r.certified_acc.map((a) => cell(fmt.pct(a), true)),
-        cell(fmt.num(r.acr), true),
-        cell(fmt.num(r.train_wall_time_s, 1), true),
-        cell(r.speedup === null ? '—' : `${r.speedup.toFixed(2)}×`, true),
-      );
-      return tr;
-    }),
-  );
+  const columns = document.querySelectorAll('#study-table thead th').length;
+  const byRole = new Map(table.rows.map((r) => [r.role, r]));
+  const grouped = new Set();
+  const parts = [];
+  for (const g of table.students ?? []) {
+    const members = [g.crt, ...g.baselines.map((b) => b.role)].filter((role) => byRole.has(role));
+    members.forEach((role) => grouped.add(role));
+    parts.push(groupHead(`Student ${g.arch}`, columns), ...members.map((role) => modelRow(byRole.get(role))));
+  }
+  const loose = table.rows.filter((r) => !grouped.has(r.role)).map(modelRow);
+  body.replaceChildren(...loose, ...parts);
+  drawLineage(table);
   document.getElementById('study-state').textContent = table.done ? 'all runs ended' : 'running…';
+}
+
+function chip(r) {
+  const a = document.createElement('a');
+  a.href = `/runs/${r.train_run}`;
+  a.className = `chip status-${r.train_status}`;
+  a.textContent = r.train_status;
+  return a;
+}
+
+function describe(r) {
+  const method = r.method ? ` · ${r.method}${r.sigma !== null && r.sigma !== undefined ? ` σ=${r.sigma}` : ''}` : '';
+  return `${r.role} (${r.arch ?? '?'}${method}) `;
+}
+
+/** The models as a tree by parent (teacher → CRT students → …, one level per generation), each
+ * student's baselines listed beside its CRT model with CRT's speedup against each. */
+function drawLineage(table) {
+  const list = document.getElementById('study-lineage');
+  if (!list) return;
+  const baselineRoles = new Set((table.students ?? []).flatMap((g) => g.baselines.map((b) => b.role)));
+  const versusOf = new Map((table.students ?? []).filter((g) => g.crt).map((g) => [g.crt, g.baselines]));
+  const byRole = new Map(table.rows.map((r) => [r.role, r]));
+  const node = (r) => {
+    const li = document.createElement('li');
+    li.dataset.role = r.role;
+    li.dataset.generation = r.generation;
+    const head = document.createElement('span');
+    head.className = 'lineage-model';
+    head.append(describe(r), chip(r));
+    li.append(head);
+    const versus = versusOf.get(r.role) ?? [];
+    if (versus.length > 0) {
+      const beside = document.createElement('span');
+      beside.className = 'lineage-baselines muted';
+      beside.textContent = ` beside baselines: ${versus
+        .map((v) => `${v.label} (${byRole.get(v.role)?.arch ?? ''}, CRT speedup ${speedupText(v.speedup)})`)
+        .join(', ')}`;
+      li.append(beside);
+    }
+    const children = table.rows.filter((c) => c.parent === r.role);
+    if (children.length > 0) {
+      const ul = document.createElement('ul');
+      ul.append(...children.map(node));
+      li.append(ul);
+    }
+    return li;
+  };
+  // Roots: models trained from scratch that are not some student's baseline.
+  const roots = table.rows.filter((r) => (r.parent === null || !byRole.has(r.parent)) && !baselineRoles.has(r.role));
+  list.replaceChildren(...roots.map(node));
 }
 
 /** Per-image certificates of each finished certification, by certify run id: the chart draws

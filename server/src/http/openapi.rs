@@ -15,6 +15,7 @@ use crt_trainer::config::{Arch, Dataset, Method, RunKind};
 use super::{certificates, experiments, logs, metrics, runs, tokens, MAX_BODY_BYTES};
 use crate::runs::validate::{MAX_PARENTS, MAX_RUN_NAME_CHARS};
 use crate::runs::RunStatus;
+use crate::study::MAX_BASELINES;
 
 pub async fn document() -> Json<Value> {
     Json(spec())
@@ -398,10 +399,12 @@ pub fn spec() -> Value {
             }));
     paths.insert("/api/v1/runs/{id}/events".into(), json!({ "get": sse("Live events of one run (SSE)", "Run") }));
     paths.insert("/api/v1/studies".into(), json!({
-                "post": op("Create a CRT study: an experiment with a teacher, a CRT student and a baseline per student architecture, and a certification of each model",
+                "post": op("Create a CRT study: an experiment with a teacher, a CRT student and one or more robust baselines per student architecture, and a certification of each model",
                     vec![], Some(json_body_example(schema_ref("NewStudy"), json!({"name": "CRT on MNIST", "dataset": "mnist",
                         "teacher": {"arch": "lenet", "method": {"name": "gaussian", "sigma": 0.25}, "epochs": 1},
-                        "students": ["mlp"], "train_subset": 2000, "test_subset": 500, "certify": {"n0": 100, "n": 1000, "max": 100}}))), vec![("201", ok("Created", schema_ref("StudyCreated")))]),
+                        "students": ["mlp"],
+                        "baselines": [{"method": {"name": "gaussian", "sigma": 0.25}}, {"method": {"name": "macer", "sigma": 0.25, "k": 4}, "epochs": 2}],
+                        "train_subset": 2000, "test_subset": 500, "certify": {"n0": 100, "n": 1000, "max": 100}}))), vec![("201", ok("Created", schema_ref("StudyCreated")))]),
             }));
     paths.insert("/api/v1/studies/{id}".into(), json!({
                 "get": op("A study's comparison table (certified accuracy, ACR, wall time, speedup)", vec![id_param("Study (its experiment)")], None, vec![
@@ -660,6 +663,16 @@ fn study_schemas(s: &mut Map<String, Value>, archs: &[&str], datasets: &[&str]) 
                 "batch_size": { "type": ["integer", "null"], "minimum": 1 },
                 "lr": { "type": ["number", "null"], "exclusiveMinimum": 0 } } },
             "students": { "type": "array", "minItems": 1, "items": { "type": "string", "enum": archs } },
+            "baselines": { "type": ["array", "null"], "minItems": 1, "maxItems": MAX_BASELINES,
+                "description": "Robust methods each student architecture is also trained with from scratch (default: one, the teacher's recipe). \
+                    What a baseline leaves out is the teacher's; two equal recipes are refused. Roles: baseline/<label>/<arch>, the label being the method's \
+                    name, with -<index in this list> appended where the name is listed more than once",
+                "items": { "type": "object", "required": ["method"], "additionalProperties": false, "properties": {
+                    "method": { "type": "object", "required": ["name", "sigma"], "description": "The trainer's method config (a robust method with a sigma)",
+                        "properties": { "name": { "type": "string", "enum": methods } } },
+                    "epochs": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the teacher's" },
+                    "batch_size": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the teacher's" },
+                    "lr": { "type": ["number", "null"], "exclusiveMinimum": 0, "description": "Default: the teacher's" } } } },
             "transfer": { "type": "object", "additionalProperties": false, "properties": {
                 "logit_weight": { "type": "number", "description": "Default 1" },
                 "epochs": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the teacher's" } } },
@@ -669,21 +682,36 @@ fn study_schemas(s: &mut Map<String, Value>, archs: &[&str], datasets: &[&str]) 
             "seed": { "type": ["integer", "null"], "minimum": 0 } } }));
     s.insert("StudyCreated".into(), json!({ "type": "object", "required": ["experiment_id", "runs"], "properties": {
             "experiment_id": int,
-            "runs": { "type": "object", "additionalProperties": int, "description": "Run id by role: teacher, crt/<arch>, baseline/<arch>, certify/<role>" } } }));
-    s.insert("StudyTable".into(), json!({ "type": "object", "required": ["experiment_id", "name", "radii", "rows", "curves", "done"], "properties": {
+            "runs": { "type": "object", "additionalProperties": int, "description": "Run id by role: teacher, crt/<arch>, baseline/<label>/<arch>, certify/<role>" } } }));
+    s.insert("StudyTable".into(), json!({ "type": "object", "required": ["experiment_id", "name", "radii", "rows", "students", "curves", "done"], "properties": {
             "experiment_id": int, "name": { "type": "string" },
             "radii": { "type": "array", "items": { "type": "number" }, "description": "The radii of each row's certified_acc" },
-            "rows": { "type": "array", "items": { "type": "object",
-                "required": ["role", "arch", "method", "sigma", "train_run", "train_status", "certify_run", "certify_status",
-                    "test_acc", "clean_acc", "certified_acc", "acr", "train_wall_time_s", "speedup"],
+            "rows": { "type": "array", "description": "Every model in creation order: the teacher, then per student its CRT model and baselines",
+                "items": { "type": "object",
+                "required": ["role", "role_kind", "student", "baseline", "parent", "generation", "arch", "method", "sigma", "train_run", "train_status",
+                    "certify_run", "certify_status", "test_acc", "clean_acc", "images", "certified_acc", "certified_acc_se", "acr", "train_wall_time_s", "speedup"],
                 "properties": {
-                    "role": { "type": "string" }, "arch": opt("string"), "method": opt("string"), "sigma": opt("number"),
+                    "role": { "type": "string" },
+                    "role_kind": { "type": "string", "enum": ["teacher", "crt", "baseline", "other"] },
+                    "student": { "type": ["string", "null"], "description": "The student architecture of a CRT or baseline row" },
+                    "baseline": { "type": ["string", "null"], "description": "A baseline row's label" },
+                    "parent": { "type": ["string", "null"], "description": "The role of the model this one learned from (lineage)" },
+                    "generation": { "type": "integer", "minimum": 0, "description": "0: trained from scratch; else its parent's + 1" },
+                    "arch": opt("string"), "method": opt("string"), "sigma": opt("number"),
                     "train_run": int, "train_status": { "type": "string" },
                     "certify_run": opt("integer"), "certify_status": opt("string"),
                     "test_acc": opt("number"), "clean_acc": opt("number"),
+                    "images": { "type": ["integer", "null"], "description": "Test images certified" },
                     "certified_acc": { "type": "array", "items": opt("number") },
+                    "certified_acc_se": { "type": "array", "items": opt("number"), "description": "Binomial standard error of each certified_acc: sqrt(p(1-p)/images)" },
                     "acr": opt("number"), "train_wall_time_s": { "type": "number" },
-                    "speedup": { "type": ["number", "null"], "description": "Baseline training time / CRT training time (CRT rows, once both finished)" } } } },
+                    "speedup": { "type": ["number", "null"], "description": "Baseline rows: this baseline's training time / the CRT student's (same arch), once both finished" } } } },
+            "students": { "type": "array", "description": "Per student architecture: its CRT model beside each baseline",
+                "items": { "type": "object", "required": ["arch", "crt", "baselines"], "properties": {
+                    "arch": { "type": "string" }, "crt": { "type": ["string", "null"], "description": "The CRT model's role" },
+                    "baselines": { "type": "array", "items": { "type": "object", "required": ["label", "role", "speedup"], "properties": {
+                        "label": { "type": "string" }, "role": { "type": "string" },
+                        "speedup": { "type": ["number", "null"], "description": "Baseline training time / CRT training time" } } } } } } },
             "curves": { "type": "array", "items": { "type": "object", "required": ["role", "points"], "properties": {
                 "role": { "type": "string" },
                 "points": { "type": "array", "description": "(radius, certified accuracy) by increasing radius",

@@ -47,7 +47,21 @@ fn check_bounds(req: &StudyRequest) -> Result<(), ApiError> {
     if let Some(lr) = req.teacher.lr {
         crt_trainer::config::check_lr("teacher.lr", lr).map_err(|e| invalid(&e.field, e.message))?;
     }
-    // Every model of the study (teacher, students, baselines) is certified with one batch.
+    let baselines = req.baselines.as_deref().unwrap_or_default();
+    // The list's length first: nothing in a list that is too long is looked at.
+    if baselines.len() > study::MAX_BASELINES {
+        let max = study::MAX_BASELINES;
+        return Err(invalid("baselines", format!("at most {max} baselines (got {})", baselines.len())));
+    }
+    for (i, b) in baselines.iter().enumerate() {
+        at_most(&format!("baselines[{i}].epochs"), b.epochs.unwrap_or(0), MAX_EPOCHS)?;
+        at_most(&format!("baselines[{i}].batch_size"), b.batch_size.unwrap_or(0), MAX_BATCH_SIZE)?;
+        if let Some(lr) = b.lr {
+            crt_trainer::config::check_lr(&format!("baselines[{i}].lr"), lr)
+                .map_err(|e| invalid(&e.field, e.message))?;
+        }
+    }
+    // Every model of the study (teacher, students, their baselines) is certified with one batch.
     for arch in std::iter::once(req.teacher.arch).chain(req.students.iter().copied()) {
         req.certify.check_batch_memory("certify", arch, req.dataset).map_err(|e| invalid(&e.field, e.message))?;
     }
