@@ -3,7 +3,7 @@
 //! and stores nothing, a good one with two baselines starts the study, and the study page's
 //! lineage, table (accuracies ± standard error, the speedup against each baseline) and
 //! certified-accuracy chart show the runs' real results — the chart's curves equal certified
-//! accuracy computed here from each run's certificates.
+//! accuracy computed here from each run's certificates. Saves docs/study-page.png.
 
 mod common;
 mod ui_support;
@@ -180,4 +180,5 @@ async fn study_form_and_page() {
         xs.last().unwrap()
     );
     assert!(drawn[1..].iter().all(|c| c.last() == Some(&Some(0.0))), "{drawn:?}");
+    b.screenshot_page(1280, &ui_support::docs_dir().join("study-page.png")).await;
 }
