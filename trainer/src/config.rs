@@ -188,10 +188,12 @@ pub enum Arch {
     Resnet20,
     Resnet56,
     Resnet110,
+    Vit,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 6] = [Arch::Linear, Arch::Mlp, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110];
+    pub const ALL: [Arch; 7] =
+        [Arch::Linear, Arch::Mlp, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110, Arch::Vit];
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Linear => "linear",
@@ -200,6 +202,7 @@ impl Arch {
             Arch::Resnet20 => "resnet20",
             Arch::Resnet56 => "resnet56",
             Arch::Resnet110 => "resnet110",
+            Arch::Vit => "vit",
         }
     }
 }
@@ -235,6 +238,8 @@ impl Arch {
             (Arch::Resnet56, false) => 1_408,
             (Arch::Resnet110, true) => 8_064,
             (Arch::Resnet110, false) => 2_688,
+            (Arch::Vit, true) => 1_024,
+            (Arch::Vit, false) => 512,
         }
     }
 }

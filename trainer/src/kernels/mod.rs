@@ -19,7 +19,7 @@ mod storage;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var, D};
 use candle_nn::{BatchNorm, Conv2d, Module};
 
 pub use alloc::tune_allocator;
@@ -243,4 +243,23 @@ pub fn conv_bn_eval(
     let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
     let w = w.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
     conv2d(x, &w, Some(&shift), stride, padding, relu)
+}
+
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias, with the biased
+/// variance, as PyTorch's nn.LayerNorm. (candle_nn's fused LayerNorm has no backward pass.)
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension. (candle_nn's `softmax_last_dim` has no backward pass.)
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// GELU with the exact erf form (PyTorch's nn.GELU default).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
 }
