@@ -1,6 +1,7 @@
 //! CPU kernels for what the models spend their time in, as candle custom ops with their own
 //! backward passes: convolution (im2col + the `gemm` crate, with bias and ReLU fused), 2x2
-//! max-pooling, training-mode batch normalization (+ ReLU), and the residual add + ReLU.
+//! max-pooling, training-mode batch normalization (+ ReLU), the residual add + ReLU, and the
+//! ViT's LayerNorm and softmax.
 //!
 //! Each public function takes and returns ordinary tensors. On other devices, for other dtypes, or
 //! when switched off with [`set_enabled`] (for A/B benchmarks), it computes the same thing with
@@ -16,6 +17,7 @@ mod norm;
 mod pool;
 mod scratch;
 mod storage;
+mod transformer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -248,6 +250,10 @@ pub fn conv_bn_eval(
 /// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias, with the biased
 /// variance, as PyTorch's nn.LayerNorm. (candle_nn's fused LayerNorm has no backward pass.)
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fast(x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        let op = transformer::LayerNorm { eps: eps as f32 };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -256,6 +262,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 /// Softmax over the last dimension. (candle_nn's `softmax_last_dim` has no backward pass.)
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return x.contiguous()?.apply_op1(transformer::SoftmaxLastDim);
+    }
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
