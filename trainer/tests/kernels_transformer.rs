@@ -1,4 +1,4 @@
-//! The ViT's LayerNorm and softmax kernels against compositions of candle's own ops: outputs and
+//! The ViT's LayerNorm, softmax, GELU, linear and attention kernels against candle's own ops: outputs and
 //! every gradient.
 
 mod kernels_common;
@@ -10,6 +10,8 @@ use kernels_common::{assert_close, random, rng, var, weighted_sum};
 // Relative per-tensor tolerances (max |ours - candle| <= rtol * max |candle|), a few times the
 // worst ratio measured (x86-64; the two sum in different orders).
 const RTOL: f32 = 2e-6;
+/// The linear layer's weight and bias gradients, sums over up to 1000 rows in blocks: worst 1.2e-6.
+const RTOL_SUMS: f32 = 5e-6;
 
 fn layer_norm_candle(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
     let mean = x.mean_keepdim(D::Minus1).unwrap();
@@ -51,5 +53,65 @@ fn softmax_matches_candle_ops() {
         let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
         let g_want = weighted_sum(&want, &weights).backward().unwrap();
         assert_close(g_ours.get(&x).unwrap(), g_want.get(&x).unwrap(), RTOL, &format!("softmax dx {dims:?}"));
+    }
+}
+
+#[test]
+fn gelu_matches_candle_gelu_erf() {
+    let mut r = rng(5);
+    let x = candle_core::Var::from_tensor(&random(&mut r, &[70, 300]).affine(4.0, 0.0).unwrap()).unwrap();
+    let weights = random(&mut r, &[70, 300]);
+    let ours = kernels::gelu_erf(&x).unwrap();
+    let want = x.gelu_erf().unwrap();
+    assert_close(&ours, &want, RTOL, "gelu output");
+    let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
+    let g_want = weighted_sum(&want, &weights).backward().unwrap();
+    assert_close(g_ours.get(&x).unwrap(), g_want.get(&x).unwrap(), RTOL, "gelu dx");
+}
+
+#[test]
+fn linear_matches_candle_matmul_and_broadcast_add() {
+    let mut r = rng(6);
+    // One block of rows and several (the kernel splits rows into blocks of 256).
+    for (m, k, o) in [(5, 64, 192), (1000, 64, 128), (600, 128, 64), (3, 48, 64)] {
+        let (x, w, b) = (var(&mut r, &[m, k]), var(&mut r, &[o, k]), var(&mut r, &[o]));
+        let weights = random(&mut r, &[m, o]);
+        let ours = kernels::linear(&x, &w, &b).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        assert_close(&ours, &want, RTOL, &format!("linear output {m}x{k}x{o}"));
+        let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
+        let g_want = weighted_sum(&want, &weights).backward().unwrap();
+        for (name, v) in [("dx", &x), ("dweight", &w), ("dbias", &b)] {
+            let what = format!("linear {name} {m}x{k}x{o}");
+            let rtol = if name == "dx" { RTOL } else { RTOL_SUMS };
+            assert_close(g_ours.get(v).unwrap(), g_want.get(v).unwrap(), rtol, &what);
+        }
+    }
+}
+
+/// The twin's attention with candle's ops: reshape + permute, q kᵀ / √hd, softmax, · v, heads back.
+fn attention_candle(qkv: &Tensor, n: usize, l: usize, heads: usize) -> Tensor {
+    let d = qkv.dim(1).unwrap() / 3;
+    let hd = d / heads;
+    let qkv = qkv.reshape((n, l, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
+    let (q, k, v) = (qkv.get(0).unwrap(), qkv.get(1).unwrap(), qkv.get(2).unwrap());
+    let scores = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt())).unwrap();
+    let p = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+    p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((n * l, d)).unwrap()
+}
+
+#[test]
+fn attention_matches_candle_ops() {
+    let mut r = rng(7);
+    for (n, l, d, heads) in [(3, 49, 64, 4), (2, 5, 12, 3), (1, 64, 64, 1)] {
+        let qkv = candle_core::Var::from_tensor(&random(&mut r, &[n * l, 3 * d]).affine(2.0, 0.0).unwrap()).unwrap();
+        let weights = random(&mut r, &[n * l, d]);
+        let ours = kernels::attention(&qkv, n, l, heads).unwrap();
+        let want = attention_candle(&qkv, n, l, heads);
+        assert_close(&ours, &want, RTOL, &format!("attention output {n}x{l}x{d}/{heads}"));
+        let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
+        let g_want = weighted_sum(&want, &weights).backward().unwrap();
+        let what = format!("attention dqkv {n}x{l}x{d}/{heads}");
+        assert_close(g_ours.get(&qkv).unwrap(), g_want.get(&qkv).unwrap(), RTOL, &what);
     }
 }

@@ -13,6 +13,7 @@ mod conv_bn;
 mod eltwise;
 mod gemm;
 mod im2col;
+mod linear;
 mod norm;
 mod pool;
 mod scratch;
@@ -270,5 +271,40 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// GELU with the exact erf form (PyTorch's nn.GELU default).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return x.contiguous()?.apply_op1(transformer::GeluErf);
+    }
     x.gelu_erf()
+}
+
+/// A fully connected layer on rows: x [M, K] · weightᵀ [K, O] + bias [O], as one op each way on
+/// the CPU (see `linear.rs`), else candle's matmul and broadcast add.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fast(x) && x.rank() == 2 && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, linear::Linear);
+    }
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
+/// A candle_nn linear layer (with bias) on [M, K] rows through [`linear`].
+pub fn linear_layer(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
+    match layer.bias() {
+        Some(b) => linear(x, layer.weight(), b),
+        None => layer.forward(x),
+    }
+}
+
+/// Multi-head self-attention on the fused projection qkv [N * L, 3 * D] -> [N * L, D] (see
+/// `transformer::Attention`); with candle's ops where the kernels do not apply.
+pub fn attention(qkv: &Tensor, n: usize, tokens: usize, heads: usize) -> Result<Tensor> {
+    if fast(qkv) {
+        return qkv.contiguous()?.apply_op1(transformer::Attention { n, tokens, heads });
+    }
+    let d = qkv.dim(1)? / 3;
+    let hd = d / heads;
+    let qkv = qkv.reshape((n, tokens, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let attn = softmax_last_dim(&scores)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((n * tokens, d))
 }

@@ -7,6 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm::{matmul, matmul_strided, View};
 use super::storage::{slice, with_values};
 
 const LN: &str = "crt-layer-norm";
@@ -172,5 +173,155 @@ impl CustomOp1 for SoftmaxLastDim {
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+    }
+}
+
+const GELU: &str = "crt-gelu-erf";
+
+/// x Φ(x) with the exact normal CDF Φ(x) = (1 + erf(x / √2)) / 2 (PyTorch's nn.GELU default);
+/// the backward pass is one pass too (candle's differentiates it through about six tensor ops).
+pub struct GeluErf;
+
+fn cdf(x: f32) -> f32 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+fn map_par(x: &[f32], f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
+    let mut out = Vec::new();
+    (0..x.len()).into_par_iter().with_min_len(1 << 14).map(f).collect_into_vec(&mut out);
+    out
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        GELU
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, GELU)?;
+        Ok((CpuStorage::F32(map_par(x, |i| x[i] * cdf(x[i]))), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d/dx x Φ(x) = Φ(x) + x φ(x), φ the standard normal density.
+        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        let dx = with_values(x, GELU, |xv| {
+            with_values(grad, GELU, |g| {
+                Ok(map_par(xv, |i| {
+                    let v = xv[i];
+                    g[i] * (cdf(v) + v * inv_sqrt_2pi * (-0.5 * v * v).exp())
+                }))
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+const ATTN: &str = "crt-attention";
+
+/// Multi-head self-attention's core on the fused qkv projection: qkv [N * L, 3 * D] (q, k, v side
+/// by side, each split into `heads` heads of D / heads, the twin's reshape + permute order) ->
+/// softmax(q kᵀ / √hd) v with the heads side by side again, [N * L, D]. One op instead of the
+/// permute, three slices, two batched matmuls, the scaling, the softmax and the transposes back,
+/// whose backward passes (zero-padded slices, each node's gradient buffer) cost more than the
+/// arithmetic. The attention matrix is recomputed in the backward pass (L x L per head, small).
+pub struct Attention {
+    pub n: usize,
+    pub tokens: usize,
+    pub heads: usize,
+}
+
+/// Per-sample views of one head: rows of q, k or v of head `h` inside a sample's [L, 3D] block.
+fn head_view(qkv: &[f32], l: usize, d: usize, part: usize, h: usize, hd: usize) -> View<'_> {
+    View::strided(&qkv[part * d + h * hd..], l, hd, 3 * d)
+}
+
+/// P = softmax(q kᵀ · scale) of one head into `p` [L, L].
+fn probabilities(p: &mut [f32], qkv: &[f32], l: usize, d: usize, h: usize, hd: usize, scale: f32) {
+    let (q, k) = (head_view(qkv, l, d, 0, h, hd), head_view(qkv, l, d, 1, h, hd));
+    matmul(p, q, k.t(), false);
+    for row in p.chunks_mut(l) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = ((*v - max) * scale).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+impl Attention {
+    fn dims(&self, len: usize) -> Result<(usize, usize, usize, f32)> {
+        let (n, l) = (self.n, self.tokens);
+        if n * l == 0 || len % (n * l * 3) != 0 || (len / (n * l * 3)) % self.heads != 0 {
+            bail!("{ATTN}: {len} values do not make [{n} x {l}, 3 x D] with D a multiple of {}", self.heads)
+        }
+        let d = len / (n * l * 3);
+        let hd = d / self.heads;
+        Ok((l, d, hd, 1.0 / (hd as f32).sqrt()))
+    }
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        ATTN
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, layout, ATTN)?;
+        let (l, d, hd, scale) = self.dims(qkv.len())?;
+        let mut out = vec![0f32; self.n * l * d];
+        out.par_chunks_mut(l * d).zip(qkv.par_chunks(l * 3 * d)).for_each(|(out, qkv)| {
+            let mut p = vec![0f32; l * l];
+            for h in 0..self.heads {
+                probabilities(&mut p, qkv, l, d, h, hd, scale);
+                // The max is subtracted before scaling: softmax(s · scale) is the same function.
+                let v = head_view(qkv, l, d, 2, h, hd);
+                matmul_strided(&mut out[h * hd..], d, View::row_major(&p, l, l), v, false);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((self.n * l, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dqkv = with_values(qkv, ATTN, |qkv| {
+            with_values(grad, ATTN, |g| {
+                let (l, d, hd, scale) = self.dims(qkv.len())?;
+                let mut dqkv = vec![0f32; qkv.len()];
+                dqkv.par_chunks_mut(l * 3 * d).zip(qkv.par_chunks(l * 3 * d).zip(g.par_chunks(l * d))).for_each(
+                    |(dqkv, (qkv, g))| {
+                        let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
+                        for h in 0..self.heads {
+                            probabilities(&mut p, qkv, l, d, h, hd, scale);
+                            let go = View::strided(&g[h * hd..], l, hd, d);
+                            let v = head_view(qkv, l, d, 2, h, hd);
+                            // dV = Pᵀ dO; dP = dO Vᵀ.
+                            matmul_strided(
+                                &mut dqkv[2 * d + h * hd..],
+                                3 * d,
+                                View::row_major(&p, l, l).t(),
+                                go,
+                                false,
+                            );
+                            matmul(&mut dp, go, v.t(), false);
+                            // dS = P ⊙ (dP - rowsum(dP ⊙ P)) · scale (the scale of the logits).
+                            for (dp, p) in dp.chunks_mut(l).zip(p.chunks(l)) {
+                                let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                                dp.iter_mut().zip(p).for_each(|(a, b)| *a = b * (*a - dot) * scale);
+                            }
+                            let ds = View::row_major(&dp, l, l);
+                            let (q, k) = (head_view(qkv, l, d, 0, h, hd), head_view(qkv, l, d, 1, h, hd));
+                            // dQ = dS K; dK = dSᵀ Q.
+                            matmul_strided(&mut dqkv[h * hd..], 3 * d, ds, k, false);
+                            matmul_strided(&mut dqkv[d + h * hd..], 3 * d, ds.t(), q, false);
+                        }
+                    },
+                );
+                Ok(dqkv)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
     }
 }

@@ -67,19 +67,13 @@ impl Block {
     /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul).
     fn forward(&self, x: &Tensor, n: usize, l: usize) -> Result<Tensor> {
         let x = (x + self.attention(&self.norm1.forward(x)?, n, l)?)?;
-        let h = kernels::gelu_erf(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
-        x + self.fc2.forward(&h)?
+        let h = kernels::gelu_erf(&kernels::linear_layer(&self.norm2.forward(&x)?, &self.fc1)?)?;
+        x + kernels::linear_layer(&h, &self.fc2)?
     }
 
     fn attention(&self, x: &Tensor, n: usize, l: usize) -> Result<Tensor> {
-        let hd = DIM / HEADS;
-        // [N*L, 3*DIM] -> [3, N, HEADS, L, hd], the layout of the twin's reshape + permute.
-        let qkv = self.qkv.forward(x)?.reshape((n, l, 3, HEADS, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let attn = kernels::softmax_last_dim(&scores)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((n * l, DIM))?;
-        self.proj.forward(&out)
+        let qkv = kernels::linear_layer(x, &self.qkv)?;
+        kernels::linear_layer(&kernels::attention(&qkv, n, l, HEADS)?, &self.proj)
     }
 }
 
@@ -119,7 +113,7 @@ impl Vit {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n * l, c * PATCH * PATCH))?;
         let w = self.patch_weight.reshape((DIM, c * PATCH * PATCH))?;
-        let tokens = patches.matmul(&w.t()?)?.broadcast_add(&self.patch_bias)?;
+        let tokens = kernels::linear(&patches, &w, &self.patch_bias)?;
         let tokens = tokens.reshape((n, l, DIM))?.broadcast_add(&self.pos_embed)?.reshape((n * l, DIM))?;
         let mut x = tokens;
         for b in &self.blocks {
