@@ -147,6 +147,8 @@ mod tests {
             (Arch::Lenet, Dataset::Mnist, 431_080),
             (Arch::Resnet20, Dataset::Cifar10, 272_474),
             (Arch::Resnet20, Dataset::Mnist, 272_186),
+            (Arch::Vit, Dataset::Mnist, 138_890),
+            (Arch::Vit, Dataset::Cifar10, 141_898),
         ];
         for (arch, ds, params) in cases {
             let m = Model::new(arch, ds, &dev, 1).unwrap();
