@@ -113,5 +113,8 @@ fn attention_matches_candle_ops() {
         let g_want = weighted_sum(&want, &weights).backward().unwrap();
         let what = format!("attention dqkv {n}x{l}x{d}/{heads}");
         assert_close(g_ours.get(&qkv).unwrap(), g_want.get(&qkv).unwrap(), RTOL, &what);
+        // A second backward pass over the same graph recomputes the probabilities it kept once.
+        let again = weighted_sum(&ours, &weights).backward().unwrap();
+        assert_close(again.get(&qkv).unwrap(), g_want.get(&qkv).unwrap(), RTOL, &format!("{what}, recomputed"));
     }
 }

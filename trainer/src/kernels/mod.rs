@@ -298,7 +298,8 @@ pub fn linear_layer(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
 /// `transformer::Attention`); with candle's ops where the kernels do not apply.
 pub fn attention(qkv: &Tensor, n: usize, tokens: usize, heads: usize) -> Result<Tensor> {
     if fast(qkv) {
-        return qkv.contiguous()?.apply_op1(transformer::Attention { n, tokens, heads });
+        let op = transformer::Attention { n, tokens, heads, tracked: qkv.track_op(), saved: Default::default() };
+        return qkv.contiguous()?.apply_op1(op);
     }
     let d = qkv.dim(1)? / 3;
     let hd = d / heads;

@@ -224,11 +224,15 @@ const ATTN: &str = "crt-attention";
 /// softmax(q kᵀ / √hd) v with the heads side by side again, [N * L, D]. One op instead of the
 /// permute, three slices, two batched matmuls, the scaling, the softmax and the transposes back,
 /// whose backward passes (zero-padded slices, each node's gradient buffer) cost more than the
-/// arithmetic. The attention matrix is recomputed in the backward pass (L x L per head, small).
+/// arithmetic. When a gradient will be asked for (`tracked`), the forward pass keeps the attention
+/// probabilities for the backward pass (N x heads x L x L values, 8 MB for a ViT-CIFAR batch of
+/// 128; recomputing them was ~10% of a training step), else it keeps nothing.
 pub struct Attention {
     pub n: usize,
     pub tokens: usize,
     pub heads: usize,
+    pub tracked: bool,
+    pub saved: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 /// Per-sample views of one head: rows of q, k or v of head `h` inside a sample's [L, 3D] block.
@@ -273,15 +277,23 @@ impl CustomOp1 for Attention {
         let qkv = slice(s, layout, ATTN)?;
         let (l, d, hd, scale) = self.dims(qkv.len())?;
         let mut out = vec![0f32; self.n * l * d];
-        out.par_chunks_mut(l * d).zip(qkv.par_chunks(l * 3 * d)).for_each(|(out, qkv)| {
-            let mut p = vec![0f32; l * l];
-            for h in 0..self.heads {
-                probabilities(&mut p, qkv, l, d, h, hd, scale);
-                // The max is subtracted before scaling: softmax(s · scale) is the same function.
+        let per_sample = self.heads * l * l;
+        // Probabilities of every sample and head when kept, else one sample's scratch per task.
+        let mut kept = vec![0f32; if self.tracked { self.n * per_sample } else { 0 }];
+        let run = |out: &mut [f32], qkv: &[f32], probs: &mut [f32]| {
+            for (h, p) in probs.chunks_mut(l * l).enumerate() {
+                probabilities(p, qkv, l, d, h, hd, scale);
                 let v = head_view(qkv, l, d, 2, h, hd);
-                matmul_strided(&mut out[h * hd..], d, View::row_major(&p, l, l), v, false);
+                matmul_strided(&mut out[h * hd..], d, View::row_major(p, l, l), v, false);
             }
-        });
+        };
+        let pairs = out.par_chunks_mut(l * d).zip(qkv.par_chunks(l * 3 * d));
+        if self.tracked {
+            pairs.zip(kept.par_chunks_mut(per_sample)).for_each(|((out, qkv), probs)| run(out, qkv, probs));
+            *self.saved.lock().expect("attention probabilities") = Some(kept);
+        } else {
+            pairs.for_each(|(out, qkv)| run(out, qkv, &mut vec![0f32; per_sample]));
+        }
         Ok((CpuStorage::F32(out), Shape::from((self.n * l, d))))
     }
 
@@ -289,36 +301,40 @@ impl CustomOp1 for Attention {
         let dqkv = with_values(qkv, ATTN, |qkv| {
             with_values(grad, ATTN, |g| {
                 let (l, d, hd, scale) = self.dims(qkv.len())?;
+                let per_sample = self.heads * l * l;
+                let saved = self.saved.lock().expect("attention probabilities").take();
+                let saved = saved.filter(|p| p.len() == self.n * per_sample);
                 let mut dqkv = vec![0f32; qkv.len()];
-                dqkv.par_chunks_mut(l * 3 * d).zip(qkv.par_chunks(l * 3 * d).zip(g.par_chunks(l * d))).for_each(
-                    |(dqkv, (qkv, g))| {
-                        let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
-                        for h in 0..self.heads {
-                            probabilities(&mut p, qkv, l, d, h, hd, scale);
-                            let go = View::strided(&g[h * hd..], l, hd, d);
-                            let v = head_view(qkv, l, d, 2, h, hd);
-                            // dV = Pᵀ dO; dP = dO Vᵀ.
-                            matmul_strided(
-                                &mut dqkv[2 * d + h * hd..],
-                                3 * d,
-                                View::row_major(&p, l, l).t(),
-                                go,
-                                false,
-                            );
-                            matmul(&mut dp, go, v.t(), false);
-                            // dS = P ⊙ (dP - rowsum(dP ⊙ P)) · scale (the scale of the logits).
-                            for (dp, p) in dp.chunks_mut(l).zip(p.chunks(l)) {
-                                let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
-                                dp.iter_mut().zip(p).for_each(|(a, b)| *a = b * (*a - dot) * scale);
+                let chunks = dqkv.par_chunks_mut(l * 3 * d).zip(qkv.par_chunks(l * 3 * d).zip(g.par_chunks(l * d)));
+                chunks.enumerate().for_each(|(sample, (dqkv, (qkv, g)))| {
+                    let mut dp = vec![0f32; l * l];
+                    let mut scratch = Vec::new();
+                    for h in 0..self.heads {
+                        let p: &[f32] = match &saved {
+                            Some(all) => &all[sample * per_sample + h * l * l..][..l * l],
+                            None => {
+                                scratch.resize(l * l, 0.0);
+                                probabilities(&mut scratch, qkv, l, d, h, hd, scale);
+                                &scratch
                             }
-                            let ds = View::row_major(&dp, l, l);
-                            let (q, k) = (head_view(qkv, l, d, 0, h, hd), head_view(qkv, l, d, 1, h, hd));
-                            // dQ = dS K; dK = dSᵀ Q.
-                            matmul_strided(&mut dqkv[h * hd..], 3 * d, ds, k, false);
-                            matmul_strided(&mut dqkv[d + h * hd..], 3 * d, ds.t(), q, false);
+                        };
+                        let go = View::strided(&g[h * hd..], l, hd, d);
+                        let v = head_view(qkv, l, d, 2, h, hd);
+                        // dV = Pᵀ dO; dP = dO Vᵀ.
+                        matmul_strided(&mut dqkv[2 * d + h * hd..], 3 * d, View::row_major(&p, l, l).t(), go, false);
+                        matmul(&mut dp, go, v.t(), false);
+                        // dS = P ⊙ (dP - rowsum(dP ⊙ P)) · scale (the scale of the logits).
+                        for (dp, p) in dp.chunks_mut(l).zip(p.chunks(l)) {
+                            let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                            dp.iter_mut().zip(p).for_each(|(a, b)| *a = b * (*a - dot) * scale);
                         }
-                    },
-                );
+                        let ds = View::row_major(&dp, l, l);
+                        let (q, k) = (head_view(qkv, l, d, 0, h, hd), head_view(qkv, l, d, 1, h, hd));
+                        // dQ = dS K; dK = dSᵀ Q.
+                        matmul_strided(&mut dqkv[h * hd..], 3 * d, ds, k, false);
+                        matmul_strided(&mut dqkv[d + h * hd..], 3 * d, ds.t(), q, false);
+                    }
+                });
                 Ok(dqkv)
             })
         })?;
