@@ -259,7 +259,11 @@ fn probabilities(p: &mut [f32], qkv: &[f32], l: usize, d: usize, h: usize, hd: u
 impl Attention {
     fn dims(&self, len: usize) -> Result<(usize, usize, usize, f32)> {
         let (n, l) = (self.n, self.tokens);
-        if n * l == 0 || len % (n * l * 3) != 0 || (len / (n * l * 3)) % self.heads != 0 {
+        if n * l == 0
+            || self.heads == 0
+            || !len.is_multiple_of(n * l * 3)
+            || !(len / (n * l * 3)).is_multiple_of(self.heads)
+        {
             bail!("{ATTN}: {len} values do not make [{n} x {l}, 3 x D] with D a multiple of {}", self.heads)
         }
         let d = len / (n * l * 3);
@@ -321,7 +325,7 @@ impl CustomOp1 for Attention {
                         let go = View::strided(&g[h * hd..], l, hd, d);
                         let v = head_view(qkv, l, d, 2, h, hd);
                         // dV = Pᵀ dO; dP = dO Vᵀ.
-                        matmul_strided(&mut dqkv[2 * d + h * hd..], 3 * d, View::row_major(&p, l, l).t(), go, false);
+                        matmul_strided(&mut dqkv[2 * d + h * hd..], 3 * d, View::row_major(p, l, l).t(), go, false);
                         matmul(&mut dp, go, v.t(), false);
                         // dS = P ⊙ (dP - rowsum(dP ⊙ P)) · scale (the scale of the logits).
                         for (dp, p) in dp.chunks_mut(l).zip(p.chunks(l)) {
