@@ -118,3 +118,25 @@ fn attention_matches_candle_ops() {
         assert_close(again.get(&qkv).unwrap(), g_want.get(&qkv).unwrap(), RTOL, &format!("{what}, recomputed"));
     }
 }
+
+#[test]
+fn linear_with_gelu_matches_candle_ops() {
+    let mut r = rng(8);
+    for (m, k, o) in [(600, 64, 128), (7, 16, 32)] {
+        let (x, w, b) = (var(&mut r, &[m, k]), var(&mut r, &[o, k]), var(&mut r, &[o]));
+        let weights = random(&mut r, &[m, o]);
+        let ours = kernels::linear_gelu(&x, &w, &b).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap().gelu_erf().unwrap();
+        assert_close(&ours, &want, RTOL, &format!("linear + gelu output {m}x{k}x{o}"));
+        let g_want = weighted_sum(&want, &weights).backward().unwrap();
+        // The first backward pass uses the kept pre-activations, the second recomputes them.
+        for pass in ["kept", "recomputed"] {
+            let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
+            for (name, v) in [("dx", &x), ("dweight", &w), ("dbias", &b)] {
+                let what = format!("linear + gelu {name} {m}x{k}x{o} ({pass})");
+                let rtol = if name == "dx" { RTOL } else { RTOL_SUMS };
+                assert_close(g_ours.get(v).unwrap(), g_want.get(v).unwrap(), rtol, &what);
+            }
+        }
+    }
+}

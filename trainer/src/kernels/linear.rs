@@ -9,12 +9,30 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, View};
 use super::storage::{slice, with_values};
+use super::transformer::{gelu_slope, gelu_value};
 
 const NAME: &str = "crt-linear";
 /// Rows per parallel task.
 const ROWS: usize = 256;
 
-pub struct Linear;
+/// With `gelu`, the layer's output goes through GELU in the same pass (the MLP's fc1: one graph
+/// node, one output and one gradient buffer fewer); the pre-activations are kept for the backward
+/// pass when a gradient will be asked for (`tracked`), recomputed otherwise.
+#[derive(Default)]
+pub struct Linear {
+    pub gelu: bool,
+    pub tracked: bool,
+    pub saved: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+/// x · wᵀ + b into `y` (rows of O), block by block in parallel.
+fn affine(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], k: usize, o: usize) {
+    let wt = View::row_major(w, o, k).t();
+    y.par_chunks_mut(ROWS * o).zip(x.par_chunks(ROWS * k)).for_each(|(y, x)| {
+        y.chunks_mut(o).for_each(|row| row.copy_from_slice(b));
+        matmul(y, View::row_major(x, x.len() / k, k), wt, true);
+    });
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -38,11 +56,14 @@ impl CustomOp3 for Linear {
             bail!("{NAME}: x {:?}, w {:?} and b {:?} do not fit", l1.dims(), l2.dims(), l3.dims())
         }
         let mut y = vec![0f32; m * o];
-        let wt = View::row_major(w, o, k).t();
-        y.par_chunks_mut(ROWS * o).zip(x.par_chunks(ROWS * k)).for_each(|(y, x)| {
-            y.chunks_mut(o).for_each(|row| row.copy_from_slice(b));
-            matmul(y, View::row_major(x, x.len() / k, k), wt, true);
-        });
+        affine(&mut y, x, w, b, k, o);
+        if self.gelu {
+            let act: Vec<f32> = y.par_iter().with_min_len(1 << 14).map(|&v| gelu_value(v)).collect();
+            if self.tracked {
+                *self.saved.lock().expect("linear pre-activations") = Some(y);
+            }
+            y = act;
+        }
         Ok((CpuStorage::F32(y), Shape::from((m, o))))
     }
 
@@ -50,7 +71,7 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -59,6 +80,24 @@ impl CustomOp3 for Linear {
         let (dx, dw, db) = with_values(x, NAME, |xv| {
             with_values(w, NAME, |wv| {
                 with_values(grad, NAME, |g| {
+                    // Through GELU first: the gradient with respect to the pre-activations.
+                    let through_gelu: Vec<f32>;
+                    let g = if self.gelu {
+                        let saved = self.saved.lock().expect("linear pre-activations").take();
+                        let pre = match saved.filter(|p| p.len() == m * o) {
+                            Some(pre) => pre,
+                            None => with_values(b, NAME, |bv| {
+                                let mut pre = vec![0f32; m * o];
+                                affine(&mut pre, xv, wv, bv, k, o);
+                                Ok(pre)
+                            })?,
+                        };
+                        through_gelu =
+                            pre.par_iter().zip(g).with_min_len(1 << 14).map(|(&p, &g)| g * gelu_slope(p)).collect();
+                        &through_gelu[..]
+                    } else {
+                        g
+                    };
                     let mut dx = vec![0f32; m * k];
                     let w = View::row_major(wv, o, k);
                     // dx = g · w per block; dw = Σ gᵀ · x and db = Σ g per block, summed in block order.

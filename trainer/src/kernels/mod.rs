@@ -281,9 +281,19 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 /// the CPU (see `linear.rs`), else candle's matmul and broadcast add.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if fast(x) && x.rank() == 2 && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, linear::Linear);
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, linear::Linear::default());
     }
     x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
+/// gelu_erf([`linear`]), as one op each way on the CPU.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fast(x) && x.rank() == 2 && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        let tracked = x.track_op() || weight.track_op() || bias.track_op();
+        let op = linear::Linear { gelu: true, tracked, ..Default::default() };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    gelu_erf(&linear(x, weight, bias)?)
 }
 
 /// A candle_nn linear layer (with bias) on [M, K] rows through [`linear`].

@@ -186,6 +186,17 @@ fn cdf(x: f32) -> f32 {
     0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU(x) = x Φ(x).
+pub fn gelu_value(x: f32) -> f32 {
+    x * cdf(x)
+}
+
+/// d/dx x Φ(x) = Φ(x) + x φ(x), φ the standard normal density.
+pub fn gelu_slope(x: f32) -> f32 {
+    let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    cdf(x) + x * inv_sqrt_2pi * (-0.5 * x * x).exp()
+}
+
 fn map_par(x: &[f32], f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
     let mut out = Vec::new();
     (0..x.len()).into_par_iter().with_min_len(1 << 14).map(f).collect_into_vec(&mut out);
@@ -199,20 +210,11 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, GELU)?;
-        Ok((CpuStorage::F32(map_par(x, |i| x[i] * cdf(x[i]))), l.shape().clone()))
+        Ok((CpuStorage::F32(map_par(x, |i| gelu_value(x[i]))), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // d/dx x Φ(x) = Φ(x) + x φ(x), φ the standard normal density.
-        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-        let dx = with_values(x, GELU, |xv| {
-            with_values(grad, GELU, |g| {
-                Ok(map_par(xv, |i| {
-                    let v = xv[i];
-                    g[i] * (cdf(v) + v * inv_sqrt_2pi * (-0.5 * v * v).exp())
-                }))
-            })
-        })?;
+        let dx = with_values(x, GELU, |xv| with_values(grad, GELU, |g| Ok(map_par(xv, |i| g[i] * gelu_slope(xv[i])))))?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

@@ -67,7 +67,8 @@ impl Block {
     /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul).
     fn forward(&self, x: &Tensor, n: usize, l: usize) -> Result<Tensor> {
         let x = (x + self.attention(&self.norm1.forward(x)?, n, l)?)?;
-        let h = kernels::gelu_erf(&kernels::linear_layer(&self.norm2.forward(&x)?, &self.fc1)?)?;
+        let fc1_bias = self.fc1.bias().expect("fc1 has a bias");
+        let h = kernels::linear_gelu(&self.norm2.forward(&x)?, self.fc1.weight(), fc1_bias)?;
         x + kernels::linear_layer(&h, &self.fc2)?
     }
 
