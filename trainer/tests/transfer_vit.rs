@@ -10,7 +10,7 @@
 //! 0.05-0.5, momentum 0.9, up to 384 steps) the ViT only learned the teacher's mean logits in this
 //! budget (held-out loss 0.92-1.01 of its start), as ViTs are known to train poorly with SGD.
 //! Measured (these seeds, 2 busy cores, dev profile): loss 13.95 -> 8.02 (0.57 of start), 12/20
-//! certified correct (mean radius 0.30), 38 s in all.
+//! certified correct (mean radius 0.30), 38 s in all; 19 s on the same cores when idle.
 //! Data: `CRT_DATA_DIR`, default `<repo>/target/crt-data`; MNIST is fetched there on first use.
 
 mod train_common;
