@@ -188,10 +188,12 @@ pub enum Arch {
     Resnet20,
     Resnet56,
     Resnet110,
+    Vit,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 6] = [Arch::Linear, Arch::Mlp, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110];
+    pub const ALL: [Arch; 7] =
+        [Arch::Linear, Arch::Mlp, Arch::Lenet, Arch::Resnet20, Arch::Resnet56, Arch::Resnet110, Arch::Vit];
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Linear => "linear",
@@ -200,6 +202,7 @@ impl Arch {
             Arch::Resnet20 => "resnet20",
             Arch::Resnet56 => "resnet56",
             Arch::Resnet110 => "resnet110",
+            Arch::Vit => "vit",
         }
     }
 }
@@ -221,7 +224,8 @@ impl Arch {
     /// pass of this architecture: the activations the pass keeps, plus the noisy input buffers.
     /// Measured on the CPU (peak RSS growth per image at batch 64 to 1024, `forward_t(x, false)`),
     /// plus about 30 % margin. A ResNet's first stage has 16 channels whatever the input has, so
-    /// its factor per input value is about 3x larger on the one-channel MNIST family.
+    /// its factor per input value is about 3x larger on the one-channel MNIST family; the ViT's
+    /// tokens are 64 wide whatever the input has (49 of them on 28x28, 64 on 32x32), likewise.
     pub fn activation_factor(self, dataset: Dataset) -> u64 {
         let mnist_family = matches!(dataset, Dataset::Mnist | Dataset::FashionMnist);
         match (self, mnist_family) {
@@ -235,6 +239,8 @@ impl Arch {
             (Arch::Resnet56, false) => 1_408,
             (Arch::Resnet110, true) => 8_064,
             (Arch::Resnet110, false) => 2_688,
+            (Arch::Vit, true) => 1_280,
+            (Arch::Vit, false) => 448,
         }
     }
 }

@@ -53,11 +53,11 @@ pub struct Case {
 
 impl Case {
     /// The dataset whose image shape the PyTorch script uses for this model: 1x28x28 for LeNet,
-    /// 3x32x32 for the CIFAR ResNets.
+    /// 3x32x32 for the CIFAR ResNets and the ViT (its larger input: 64 tokens).
     pub fn dataset(&self) -> Dataset {
         match self.arch {
             Arch::Linear | Arch::Mlp | Arch::Lenet => Dataset::Mnist,
-            Arch::Resnet20 | Arch::Resnet56 | Arch::Resnet110 => Dataset::Cifar10,
+            Arch::Resnet20 | Arch::Resnet56 | Arch::Resnet110 | Arch::Vit => Dataset::Cifar10,
         }
     }
 }

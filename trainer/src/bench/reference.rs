@@ -1,5 +1,6 @@
-//! The PyTorch side of the comparison: runs `torch_reference.py` with the same models, batch sizes,
-//! threads and run count, and reads its JSON lines.
+//! The PyTorch side of the comparison: runs `torch_reference.py` (the project's own
+//! `scripts/torch_vit_reference.py` for `vit`) with the same models, batch sizes, threads and run
+//! count, and reads its JSON lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,9 +8,12 @@ use std::process::Command;
 use serde::Deserialize;
 
 use super::Case;
+use crate::config::Arch;
 
 /// Where the script lives relative to the repository: `<repo>/../shared/bench/`.
 const SCRIPT_FROM_REPO: &str = "../shared/bench/torch_reference.py";
+/// The ViT twin's timing script, in the repository (the shared script has no ViT).
+const VIT_SCRIPT_FROM_REPO: &str = "scripts/torch_vit_reference.py";
 
 /// One line of the script's output (fields we use; the rest are ignored).
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +32,8 @@ pub struct TorchRow {
 pub struct Reference {
     pub python: PathBuf,
     pub script: PathBuf,
+    /// The script that times `vit` (same CLI and output).
+    pub vit_script: PathBuf,
     /// The script's `--device`: cpu or cuda, matching ours.
     pub device: String,
 }
@@ -45,6 +51,17 @@ pub fn find_script(explicit: Option<&Path>) -> Option<PathBuf> {
     }
     let cwd = std::env::current_dir().ok()?;
     [cwd.join(SCRIPT_FROM_REPO), repo_root().join(SCRIPT_FROM_REPO)].into_iter().find(|p| p.is_file())
+}
+
+/// `scripts/torch_vit_reference.py` under the current directory if it is there, else under the
+/// repository this binary was built from.
+pub fn vit_script() -> PathBuf {
+    let here = Path::new(VIT_SCRIPT_FROM_REPO);
+    if here.is_file() {
+        here.to_path_buf()
+    } else {
+        repo_root().join(VIT_SCRIPT_FROM_REPO)
+    }
 }
 
 /// The Python given by `--torch`, else the repository's `.venv-bench` (made by `scripts/bench.sh`)
@@ -65,8 +82,9 @@ impl Reference {
     /// Times one case in PyTorch. The error says what failed (missing interpreter, no torch, bad output).
     pub fn measure(&self, case: &Case, threads: usize, runs: usize) -> anyhow::Result<TorchRow> {
         let model = case.arch.as_str();
+        let script = if case.arch == Arch::Vit { &self.vit_script } else { &self.script };
         let output = Command::new(&self.python)
-            .arg(&self.script)
+            .arg(script)
             .args(["--models", model, "--modes", case.mode.as_str()])
             .args(["--threads", &threads.to_string(), "--runs", &runs.to_string()])
             .args(["--train-batch", &format!("{model}={}", case.batch)])
@@ -77,7 +95,7 @@ impl Reference {
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no error output");
-            anyhow::bail!("{} {} failed ({}): {last}", self.python.display(), self.script.display(), output.status);
+            anyhow::bail!("{} {} failed ({}): {last}", self.python.display(), script.display(), output.status);
         }
         parse_row(&String::from_utf8_lossy(&output.stdout), case)
     }
@@ -99,7 +117,6 @@ pub fn parse_row(stdout: &str, case: &Case) -> anyhow::Result<TorchRow> {
 mod tests {
     use super::*;
     use crate::bench::Mode;
-    use crate::config::Arch;
 
     const LINE: &str = r#"{"impl": "pytorch", "torch": "2.15.0", "device": "cpu", "model": "lenet", "mode": "train", "batch": 256, "threads": 2, "median_s": 0.05, "items_per_s": 5120.0, "runs": 10}"#;
 
@@ -114,7 +131,12 @@ mod tests {
 
     #[test]
     fn a_missing_interpreter_is_named() {
-        let reference = Reference { python: "/nonexistent/python".into(), script: "x.py".into(), device: "cpu".into() };
+        let reference = Reference {
+            python: "/nonexistent/python".into(),
+            script: "x.py".into(),
+            vit_script: vit_script(),
+            device: "cpu".into(),
+        };
         let case = Case { arch: Arch::Lenet, mode: Mode::Train, batch: 2 };
         let err = reference.measure(&case, 1, 1).unwrap_err().to_string();
         assert!(err.contains("--torch /nonexistent/python"), "{err}");

@@ -13,7 +13,7 @@ use crate::config::Arch;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Models, comma-separated: lenet, resnet20, resnet56, resnet110.
+    /// Models, comma-separated: lenet, resnet20, resnet56, resnet110, vit.
     #[arg(long, default_value = "lenet,resnet20")]
     pub models: String,
     /// Workloads, comma-separated: train (one SGD step), certify (one noisy sampling batch).
@@ -60,7 +60,9 @@ impl BenchArgs {
         for model in self.models.split(',').filter(|s| !s.is_empty()) {
             let arch: Arch = model.parse().map_err(|e| anyhow::anyhow!("--models: {e}"))?;
             if matches!(arch, Arch::Linear | Arch::Mlp) {
-                bail!("--models: {model} has no PyTorch reference; expected lenet, resnet20, resnet56 or resnet110");
+                bail!(
+                    "--models: {model} has no PyTorch reference; expected lenet, resnet20, resnet56, resnet110 or vit"
+                );
             }
             for mode in self.modes.split(',').filter(|s| !s.is_empty()) {
                 let mode: Mode = mode.parse()?;
@@ -96,12 +98,20 @@ fn reference(args: &BenchArgs, device: &Device) -> Result<Reference, String> {
     if args.no_torch {
         return Err("PyTorch skipped (--no-torch)".into());
     }
-    let script = reference::find_script(args.torch_script.as_deref()).ok_or_else(|| {
-        "PyTorch skipped: ../shared/bench/torch_reference.py not found next to the repository (pass --torch-script FILE)"
-            .to_string()
-    })?;
+    let vit_script = reference::vit_script();
+    // vit is timed by the repository's own script: the shared one is needed only for other models.
+    let only_vit = args.cases().is_ok_and(|cases| cases.iter().all(|c| c.arch == Arch::Vit));
+    let script = match reference::find_script(args.torch_script.as_deref()) {
+        Some(script) => script,
+        None if only_vit => vit_script.clone(),
+        None => {
+            return Err("PyTorch skipped: ../shared/bench/torch_reference.py not found next to the repository \
+                        (pass --torch-script FILE)"
+                .to_string())
+        }
+    };
     let device = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
-    Ok(Reference { python: reference::default_python(args.torch.as_deref()), script, device })
+    Ok(Reference { python: reference::default_python(args.torch.as_deref()), script, vit_script, device })
 }
 
 pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ pub struct ImportArgs {
     /// The checkpoint, e.g. a reference code's `checkpoint.pth.tar`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// The reference architecture name: cifar_resnet20, cifar_resnet110 or lenet.
+    /// The reference architecture name: cifar_resnet20, cifar_resnet110, lenet or vit.
     #[arg(long)]
     pub arch: ReferenceArch,
     /// The dataset the model classifies: mnist, fashion-mnist or cifar10.

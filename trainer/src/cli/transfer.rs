@@ -20,7 +20,7 @@ pub struct TransferArgs {
     /// The teacher: output directory of a finished training run (model.safetensors + model.json).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
-    /// The student's architecture: linear, mlp, lenet, resnet20, resnet56 or resnet110.
+    /// The student's architecture: linear, mlp, lenet, resnet20, resnet56, resnet110 or vit.
     #[arg(long)]
     pub student_arch: Option<Arch>,
     /// Must be the teacher's dataset [default: the teacher's].

@@ -1,6 +1,7 @@
 //! CPU kernels for what the models spend their time in, as candle custom ops with their own
 //! backward passes: convolution (im2col + the `gemm` crate, with bias and ReLU fused), 2x2
-//! max-pooling, training-mode batch normalization (+ ReLU), and the residual add + ReLU.
+//! max-pooling, training-mode batch normalization (+ ReLU), the residual add + ReLU, and the
+//! ViT's LayerNorm and softmax.
 //!
 //! Each public function takes and returns ordinary tensors. On other devices, for other dtypes, or
 //! when switched off with [`set_enabled`] (for A/B benchmarks), it computes the same thing with
@@ -12,14 +13,16 @@ mod conv_bn;
 mod eltwise;
 mod gemm;
 mod im2col;
+mod linear;
 mod norm;
 mod pool;
 mod scratch;
 mod storage;
+mod transformer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var, D};
 use candle_nn::{BatchNorm, Conv2d, Module};
 
 pub use alloc::tune_allocator;
@@ -243,4 +246,76 @@ pub fn conv_bn_eval(
     let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
     let w = w.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
     conv2d(x, &w, Some(&shift), stride, padding, relu)
+}
+
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias, with the biased
+/// variance, as PyTorch's nn.LayerNorm. (candle_nn's fused LayerNorm has no backward pass.)
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fast(x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        let op = transformer::LayerNorm { eps: eps as f32 };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension. (candle_nn's `softmax_last_dim` has no backward pass.)
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return x.contiguous()?.apply_op1(transformer::SoftmaxLastDim);
+    }
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// GELU with the exact erf form (PyTorch's nn.GELU default).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return x.contiguous()?.apply_op1(transformer::GeluErf);
+    }
+    x.gelu_erf()
+}
+
+/// A fully connected layer on rows: x [M, K] · weightᵀ [K, O] + bias [O], as one op each way on
+/// the CPU (see `linear.rs`), else candle's matmul and broadcast add.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fast(x) && x.rank() == 2 && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, linear::Linear::default());
+    }
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
+/// gelu_erf([`linear`]), as one op each way on the CPU.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if fast(x) && x.rank() == 2 && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        let tracked = x.track_op() || weight.track_op() || bias.track_op();
+        let op = linear::Linear { gelu: true, tracked, ..Default::default() };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    gelu_erf(&linear(x, weight, bias)?)
+}
+
+/// A candle_nn linear layer (with bias) on [M, K] rows through [`linear`].
+pub fn linear_layer(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
+    match layer.bias() {
+        Some(b) => linear(x, layer.weight(), b),
+        None => layer.forward(x),
+    }
+}
+
+/// Multi-head self-attention on the fused projection qkv [N * L, 3 * D] -> [N * L, D] (see
+/// `transformer::Attention`); with candle's ops where the kernels do not apply.
+pub fn attention(qkv: &Tensor, n: usize, tokens: usize, heads: usize) -> Result<Tensor> {
+    if fast(qkv) {
+        let op = transformer::Attention { n, tokens, heads, tracked: qkv.track_op(), saved: Default::default() };
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    let d = qkv.dim(1)? / 3;
+    let hd = d / heads;
+    let qkv = qkv.reshape((n, tokens, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let attn = softmax_last_dim(&scores)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((n * tokens, d))
 }

@@ -37,17 +37,20 @@ pub enum ReferenceArch {
     CifarResnet110,
     /// The MNIST LeNet of `jh-jeong/smoothing-consistency` (`code/archs/lenet.py`): conv 20, conv 50, fc 500.
     Lenet,
+    /// CRT Lab's own `vit`, as its PyTorch twin (`scripts/torch_vit_reference.py`) names its tensors.
+    Vit,
 }
 
 impl ReferenceArch {
-    pub const ALL: [ReferenceArch; 3] =
-        [ReferenceArch::CifarResnet20, ReferenceArch::CifarResnet110, ReferenceArch::Lenet];
+    pub const ALL: [ReferenceArch; 4] =
+        [ReferenceArch::CifarResnet20, ReferenceArch::CifarResnet110, ReferenceArch::Lenet, ReferenceArch::Vit];
 
     pub fn name(self) -> &'static str {
         match self {
             ReferenceArch::CifarResnet20 => "cifar_resnet20",
             ReferenceArch::CifarResnet110 => "cifar_resnet110",
             ReferenceArch::Lenet => "lenet",
+            ReferenceArch::Vit => "vit",
         }
     }
 
@@ -57,6 +60,7 @@ impl ReferenceArch {
             ReferenceArch::CifarResnet20 => Arch::Resnet20,
             ReferenceArch::CifarResnet110 => Arch::Resnet110,
             ReferenceArch::Lenet => Arch::Lenet,
+            ReferenceArch::Vit => Arch::Vit,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Seeded initialization, PyTorch's defaults: conv and linear weights and biases
 //! U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ResNet convolutions Kaiming normal (fan_out) as in the
-//! CIFAR ResNet references; BatchNorm weight 1, bias 0, running stats 0 / 1 (set by candle_nn).
+//! CIFAR ResNet references; BatchNorm weight 1, bias 0, running stats 0 / 1 (set by candle_nn);
+//! LayerNorm weight 1, bias 0 (set by the model); the ViT's position embeddings N(0, 0.02²), as in
+//! the ViT references (a fan-in bound over all L x 64 values would make them vanishingly small).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarMap;
@@ -18,7 +20,10 @@ pub fn seeded(varmap: &VarMap, arch: Arch, seed: u64) -> Result<()> {
     for name in names {
         let var = &data[name];
         let dims = var.dims().to_vec();
-        let fresh: Vec<f32> = if dims.len() >= 2 {
+        let fresh: Vec<f32> = if name == "pos_embed" {
+            let normal = Normal::new(0.0, 0.02).expect("valid std");
+            (0..var.elem_count()).map(|_| normal.sample(&mut rng) as f32).collect()
+        } else if dims.len() >= 2 {
             let fan_in: usize = dims[1..].iter().product();
             if resnet && dims.len() == 4 {
                 let fan_out = dims[0] * dims[2] * dims[3];

@@ -8,6 +8,7 @@ mod linear;
 pub mod meta;
 mod mlp;
 mod resnet;
+mod vit;
 
 use std::path::Path;
 
@@ -32,6 +33,7 @@ enum Net {
     Mlp(mlp::Mlp),
     Lenet(lenet::Lenet),
     Resnet(resnet::Resnet),
+    Vit(vit::Vit),
 }
 
 impl Model {
@@ -49,6 +51,7 @@ impl Model {
             Arch::Resnet20 | Arch::Resnet56 | Arch::Resnet110 => {
                 Net::Resnet(resnet::Resnet::new(resnet::depth(arch), c, classes, vb)?)
             }
+            Arch::Vit => Net::Vit(vit::Vit::new(c, h, w, classes, vb)?),
         };
         init::seeded(&varmap, arch, seed)?;
         Ok(Model {
@@ -105,6 +108,7 @@ impl Model {
             Net::Mlp(n) => n.forward(&x),
             Net::Lenet(n) => n.forward(&x),
             Net::Resnet(n) => n.forward_t(&x, train),
+            Net::Vit(n) => n.forward(&x),
         }
     }
 
@@ -143,6 +147,8 @@ mod tests {
             (Arch::Lenet, Dataset::Mnist, 431_080),
             (Arch::Resnet20, Dataset::Cifar10, 272_474),
             (Arch::Resnet20, Dataset::Mnist, 272_186),
+            (Arch::Vit, Dataset::Mnist, 138_890),
+            (Arch::Vit, Dataset::Cifar10, 141_898),
         ];
         for (arch, ds, params) in cases {
             let m = Model::new(arch, ds, &dev, 1).unwrap();
