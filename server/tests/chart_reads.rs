@@ -209,6 +209,20 @@ async fn a_resumed_trainer_replacing_steps() {
     }
     let full = metrics::history(&store.pool, run, "loss").await.unwrap();
     assert_eq!(full.len(), 7000, "replaced, not duplicated");
+    // A chart page reads every key at once: each key gets its own answer, a short one whole.
+    let short: Vec<_> = (0..50).map(|s| metrics_line(s, &[("short", s as f64)])).collect();
+    recorder.record(&short, None).await.unwrap();
+    let keys = ["loss", "short", "acc"];
+    for max_points in [3, 40, 100, 1000, 7000] {
+        let many = rollup::read_many(&store.pool, run, &keys, max_points).await.unwrap();
+        assert_eq!(many.len(), keys.len());
+        for (key, got) in keys.iter().zip(&many) {
+            let full = metrics::history(&store.pool, run, key).await.unwrap();
+            assert_eq!(got.total, full.len() as u64, "{key}: points counted");
+            let points = got.points.clone().unwrap_or_else(|| full.clone());
+            assert!(same(&points, &expected(&full, max_points)), "{key} in {max_points}, read beside other keys");
+        }
+    }
     assert_levels_equal_a_rebuild(&store, run).await;
 }
 

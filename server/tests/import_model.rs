@@ -110,6 +110,15 @@ async fn a_reference_checkpoint_becomes_a_model_that_certifies() {
         assert!(paths.contains(&want), "{want} in {paths:?}");
     }
 
+    // A timm-named ViT (the third architecture generation) imports the same way.
+    let vit =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/data/vit/vit_mnist.pth.tar"))
+            .unwrap();
+    let (st, vit_run) = upload(&server, exp, "arch=vit&dataset=mnist&sigma=0.25&name=vit", vit, octet).await;
+    assert_eq!(st, StatusCode::CREATED, "{vit_run}");
+    assert_eq!(vit_run["makes_model"], true, "{vit_run}");
+    assert_eq!(vit_run["config"]["model"]["arch"], "vit", "{vit_run}");
+
     // Certified like a model trained here: the imported run is the certification's parent.
     let cert = server
         .create_run(

@@ -37,7 +37,7 @@ use crate::store::runs::{ConfigColumns, Ending};
 /// The largest checkpoint accepted (a CIFAR ResNet-110 is ~7 MB, an ImageNet ResNet-50 ~100 MB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 /// The architectures `crt-trainer import` reads.
-pub const ARCHS: [&str; 3] = ["cifar_resnet20", "cifar_resnet110", "lenet"];
+pub const ARCHS: [&str; 4] = ["cifar_resnet20", "cifar_resnet110", "lenet", "vit"];
 /// The uploaded file's name in the run directory.
 const UPLOAD_FILE: &str = "checkpoint.pth.tar";
 /// How long the conversion may take.

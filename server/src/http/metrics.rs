@@ -73,14 +73,18 @@ pub(super) async fn metric_history(
             ),
         ));
     }
+    let thinned = match q.points {
+        Some(p) => {
+            let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
+            rollup::read_many(&app.store.pool, id, &asked, p).await?
+        }
+        None => Vec::new(),
+    };
+    let mut thinned = thinned.into_iter();
     let mut out = BTreeMap::new();
     for key in keys {
-        let thinned = match q.points {
-            Some(p) => rollup::read(&app.store.pool, id, &key, p).await?,
-            None => rollup::Thinned { total: 0, points: None },
-        };
-        let series = match thinned.points {
-            Some(points) => MetricSeries { total: thinned.total as usize, downsampled: true, points },
+        let series = match thinned.next().and_then(|t| t.points.map(|points| (t.total, points))) {
+            Some((total, points)) => MetricSeries { total: total as usize, downsampled: true, points },
             None => {
                 let points = metrics::history(&app.store.pool, id, &key).await?;
                 MetricSeries { total: points.len(), downsampled: false, points }

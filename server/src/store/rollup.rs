@@ -250,28 +250,53 @@ pub struct Thinned {
 
 /// Reads a key's history thinned to at most `max_points` (≥ 3) points from one level.
 pub async fn read(pool: &AnyPool, run_id: i64, key: &str, max_points: usize) -> anyhow::Result<Thinned> {
+    let mut all = read_many(pool, run_id, &[key], max_points).await?;
+    Ok(all.pop().expect("one key asked, one answer"))
+}
+
+/// [`read`] for several keys of a run at once, in two statements whatever their number (a run
+/// page asks for every key): the top levels of all keys, then the level each key's plan picks.
+pub async fn read_many(pool: &AnyPool, run_id: i64, keys: &[&str], max_points: usize) -> anyhow::Result<Vec<Thinned>> {
     let mut conn = pool.acquire().await?;
     let mut top = Levels::default();
-    load(&mut conn, run_id, &[Wanted { key, level: TOP_LEVEL, lo: i64::MIN, hi: i64::MAX }], &mut top).await?;
-    let buckets = top.level(key, TOP_LEVEL);
-    let total: u64 = buckets.values().map(|b| b.count).sum();
-    let (Some(first), Some(last)) = (buckets.values().next(), buckets.values().next_back()) else {
-        return Ok(Thinned { total, points: None });
-    };
-    if total <= max_points as u64 {
-        return Ok(Thinned { total, points: None });
+    let wanted: Vec<Wanted> =
+        keys.iter().map(|&key| Wanted { key, level: TOP_LEVEL, lo: i64::MIN, hi: i64::MAX }).collect();
+    load(&mut conn, run_id, &wanted, &mut top).await?;
+    let mut plans = Vec::with_capacity(keys.len());
+    let mut deeper = Vec::new();
+    for &key in keys {
+        let buckets = top.level(key, TOP_LEVEL);
+        let total: u64 = buckets.values().map(|b| b.count).sum();
+        let plan = match (buckets.values().next(), buckets.values().next_back()) {
+            (Some(first), Some(last)) if total > max_points as u64 => {
+                let (first, last) = (first.first, last.last.p.step);
+                let plan = downsample::plan(first, last, max_points);
+                if plan.level != TOP_LEVEL {
+                    let (lo, hi) = span(plan.level, first, last);
+                    deeper.push(Wanted { key, level: plan.level, lo, hi });
+                }
+                Some(plan)
+            }
+            _ => None,
+        };
+        plans.push((total, plan));
     }
-    let (first, last) = (first.first, last.last.p.step);
-    let plan = downsample::plan(first, last, max_points);
-    let points = if plan.level == TOP_LEVEL {
-        downsample::thin(buckets, plan.group)
-    } else {
-        let mut levels = Levels::default();
-        let (lo, hi) = span(plan.level, first, last);
-        load(&mut conn, run_id, &[Wanted { key, level: plan.level, lo, hi }], &mut levels).await?;
-        downsample::thin(levels.level(key, plan.level), plan.group)
-    };
-    Ok(Thinned { total, points: Some(points) })
+    let mut levels = Levels::default();
+    if !deeper.is_empty() {
+        load(&mut conn, run_id, &deeper, &mut levels).await?;
+    }
+    let thinned = keys
+        .iter()
+        .zip(plans)
+        .map(|(&key, (total, plan))| {
+            let points = plan.map(|plan| {
+                let from = if plan.level == TOP_LEVEL { &mut top } else { &mut levels };
+                downsample::thin(from.level(key, plan.level), plan.group)
+            });
+            Thinned { total, points }
+        })
+        .collect();
+    Ok(thinned)
 }
 
 /// Summarizes histories stored before the chart levels existed (once; a no-op afterwards).
