@@ -57,7 +57,7 @@ pub(super) async fn metric_history(
         ));
     }
     let known = metrics::keys(&app.store.pool, id).await?;
-    let keys: Vec<String> = match &q.keys {
+    let mut keys: Vec<String> = match &q.keys {
         Some(list) => list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
         None => known.clone(),
     };
@@ -73,17 +73,19 @@ pub(super) async fn metric_history(
             ),
         ));
     }
-    let thinned = match q.points {
+    // A key asked twice is answered once (the answer is a map by key).
+    keys.sort();
+    keys.dedup();
+    let thinned: Vec<Option<rollup::Thinned>> = match q.points {
         Some(p) => {
             let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
-            rollup::read_many(&app.store.pool, id, &asked, p).await?
+            rollup::read_many(&app.store.pool, id, &asked, p).await?.into_iter().map(Some).collect()
         }
-        None => Vec::new(),
+        None => keys.iter().map(|_| None).collect(),
     };
-    let mut thinned = thinned.into_iter();
     let mut out = BTreeMap::new();
-    for key in keys {
-        let series = match thinned.next().and_then(|t| t.points.map(|points| (t.total, points))) {
+    for (key, thinned) in keys.into_iter().zip(thinned) {
+        let series = match thinned.and_then(|t| t.points.map(|points| (t.total, points))) {
             Some((total, points)) => MetricSeries { total: total as usize, downsampled: true, points },
             None => {
                 let points = metrics::history(&app.store.pool, id, &key).await?;
