@@ -7,12 +7,12 @@
 //! role>`). Studies stored before several baselines existed name their one baseline
 //! `baseline/<arch>`; the table reads both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crt_trainer::config::{Arch, ConfigError, Dataset, Method, RunKind, SmoothingConfig};
+use crt_trainer::config::{check_lr, Arch, ConfigError, Dataset, Method, Optimizer, RunKind, SmoothingConfig};
 
 use crate::runs::{CreateRunRequest, FieldError, RunError, RunManager};
 use crate::store::runs::{Run, RunFilter};
@@ -43,6 +43,11 @@ pub struct StudyRequest {
     pub baselines: Option<Vec<BaselineSpec>>,
     #[serde(default)]
     pub certify: SmoothingConfig,
+    /// The optimizer (and, where given, learning rate and weight decay) of every run that trains a
+    /// model of an architecture: its teacher, CRT student and baselines. E.g. AdamW for `vit`,
+    /// which barely learns with SGD in short runs. Architectures not listed use SGD.
+    #[serde(default)]
+    pub arch_optim: HashMap<Arch, ArchOptim>,
     #[serde(default)]
     pub train_subset: Option<usize>,
     #[serde(default)]
@@ -79,6 +84,18 @@ pub struct BaselineSpec {
     pub batch_size: Option<usize>,
     #[serde(default)]
     pub lr: Option<f64>,
+}
+
+/// One architecture's optimizer in a study (`arch_optim.<arch>`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchOptim {
+    pub optimizer: Optimizer,
+    /// In place of the teacher's or a baseline's learning rate for this architecture's runs.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
 }
 
 /// A baseline with the teacher's values filled in, and the label its run roles carry.
@@ -159,12 +176,29 @@ pub fn validate(req: &StudyRequest) -> Result<(), FieldError> {
         return Err(FieldError::new("transfer.epochs", "must be at least 1"));
     }
     validate_baselines(req)?;
+    validate_arch_optim(req)?;
     for (name, v) in [("train_subset", req.train_subset), ("test_subset", req.test_subset)] {
         if v == Some(0) {
             return Err(FieldError::new(name, "must be at least 1 when given"));
         }
     }
     req.certify.validate("certify").map_err(to_field)
+}
+
+/// Each `arch_optim` entry, in the order of [`Arch::ALL`] so the first error is always the same one.
+fn validate_arch_optim(req: &StudyRequest) -> Result<(), FieldError> {
+    for arch in Arch::ALL {
+        let Some(o) = req.arch_optim.get(&arch) else { continue };
+        let field = |name: &str| format!("arch_optim.{}.{name}", arch.as_str());
+        o.optimizer.validate(&field("optimizer")).map_err(to_field)?;
+        if let Some(lr) = o.lr {
+            check_lr(&field("lr"), lr).map_err(to_field)?;
+        }
+        if o.weight_decay.is_some_and(|wd| !(wd.is_finite() && wd >= 0.0)) {
+            return Err(FieldError::new(field("weight_decay"), "must be a finite number >= 0"));
+        }
+    }
+    Ok(())
 }
 
 /// The baselines' own checks, each error named by its place in the list (`baselines[i].…`).
@@ -272,13 +306,28 @@ impl StudyRequest {
         optim
     }
 
+    /// A run's `optim` for a model of `arch`, with the architecture's `arch_optim` over it.
+    fn arch_optim(&self, arch: Arch, epochs: usize, batch_size: Option<usize>, lr: Option<f64>) -> Value {
+        let mut optim = Self::optim(epochs, batch_size, lr);
+        if let Some(o) = self.arch_optim.get(&arch) {
+            optim["optimizer"] = json!(o.optimizer);
+            if let Some(lr) = o.lr {
+                optim["lr"] = json!(lr);
+            }
+            if let Some(wd) = o.weight_decay {
+                optim["weight_decay"] = json!(wd);
+            }
+        }
+        optim
+    }
+
     fn teacher_config(&self) -> Value {
         let t = &self.teacher;
-        self.train_config(t.arch, &t.method, Self::optim(t.epochs, t.batch_size, t.lr))
+        self.train_config(t.arch, &t.method, self.arch_optim(t.arch, t.epochs, t.batch_size, t.lr))
     }
 
     fn baseline_config(&self, arch: Arch, b: &Baseline) -> Value {
-        self.train_config(arch, &b.method, Self::optim(b.epochs, b.batch_size, b.lr))
+        self.train_config(arch, &b.method, self.arch_optim(arch, b.epochs, b.batch_size, b.lr))
     }
 
     fn train_config(&self, arch: Arch, method: &Method, optim: Value) -> Value {
@@ -293,7 +342,7 @@ impl StudyRequest {
         json!({
             "kind": "transfer", "data": self.data(), "student_arch": arch,
             "loss": { "name": "crt", "logit_weight": self.transfer.logit_weight },
-            "optim": Self::optim(self.transfer.epochs.unwrap_or(t.epochs), t.batch_size, t.lr),
+            "optim": self.arch_optim(arch, self.transfer.epochs.unwrap_or(t.epochs), t.batch_size, t.lr),
             "seed": self.seed.unwrap_or(0),
         })
     }
@@ -756,6 +805,58 @@ mod tests {
             Some("baselines[1]")
         );
         assert_eq!(field_of(json!([gaussian, {"method": gaussian["method"], "epochs": 2}])), None);
+    }
+
+    #[test]
+    fn arch_optim_sets_the_optimizer_of_every_run_of_its_architecture() {
+        let mut body = json!({"name": "s",
+            "teacher": {"arch": "lenet", "method": {"name": "gaussian", "sigma": 0.25}, "epochs": 1, "lr": 0.05},
+            "students": ["lenet", "vit"],
+            "baselines": [{"method": {"name": "macer", "sigma": 0.25}, "lr": 0.1}],
+            "arch_optim": {"vit": {"optimizer": {"name": "adamw"}, "lr": 0.001, "weight_decay": 0.05}}});
+        let req: StudyRequest = serde_json::from_value(body.clone()).unwrap();
+        validate(&req).unwrap();
+        let b = &req.baselines()[0];
+        let optim_of = |mut config: Value| {
+            if config["kind"] == "transfer" {
+                // Filled in from the parent run when the server creates it.
+                config["teacher"] = json!("runs/1");
+            }
+            let run: crt_trainer::config::RunConfig = serde_json::from_value(config.clone()).unwrap();
+            run.validate().unwrap();
+            config["optim"].clone()
+        };
+        for optim in [optim_of(req.transfer_config(Arch::Vit)), optim_of(req.baseline_config(Arch::Vit, b))] {
+            assert_eq!(optim["optimizer"], json!({"name": "adamw", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}));
+            assert_eq!((optim["lr"].as_f64(), optim["weight_decay"].as_f64()), (Some(0.001), Some(0.05)));
+        }
+        let teacher = optim_of(req.teacher_config());
+        let crt_lenet = optim_of(req.transfer_config(Arch::Lenet));
+        let baseline_lenet = optim_of(req.baseline_config(Arch::Lenet, b));
+        for optim in [&teacher, &crt_lenet, &baseline_lenet] {
+            assert!(optim.get("optimizer").is_none() && optim.get("weight_decay").is_none(), "{optim}");
+        }
+        assert_eq!((teacher["lr"].as_f64(), baseline_lenet["lr"].as_f64()), (Some(0.05), Some(0.1)));
+
+        let field_of = |entry: Value| {
+            let mut bad = body.clone();
+            bad["arch_optim"]["vit"] = entry;
+            validate(&serde_json::from_value(bad).unwrap()).err().map(|e| e.field)
+        };
+        let adamw = json!({"name": "adamw"});
+        assert_eq!(field_of(json!({"optimizer": adamw, "lr": 0.0})).as_deref(), Some("arch_optim.vit.lr"));
+        assert_eq!(
+            field_of(json!({"optimizer": {"name": "adamw", "beta1": 1.5}})).as_deref(),
+            Some("arch_optim.vit.optimizer.beta1")
+        );
+        assert_eq!(
+            field_of(json!({"optimizer": adamw, "weight_decay": -1.0})).as_deref(),
+            Some("arch_optim.vit.weight_decay")
+        );
+        body["arch_optim"] = json!({"vgg": {"optimizer": adamw}});
+        assert!(serde_json::from_value::<StudyRequest>(body.clone()).is_err(), "an unknown architecture");
+        body["arch_optim"] = json!({"vit": {"optimizer": adamw, "momentum": 0.9}});
+        assert!(serde_json::from_value::<StudyRequest>(body).is_err(), "an unknown field");
     }
 
     #[test]

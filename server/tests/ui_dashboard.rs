@@ -41,6 +41,16 @@ async fn fill_training_form(b: &Browser, name: &str, sigma: &str) {
     b.fill("#train-config-optim-batch-size", "16").await;
 }
 
+/// Picks `optimizer` in the training form; whether the momentum input is then disabled (not sent).
+async fn momentum_disabled_with(b: &Browser, optimizer: &str) -> Value {
+    let script = format!(
+        "const s = document.getElementById('train-config-optim-optimizer-name');
+         s.value = '{optimizer}'; s.dispatchEvent(new Event('change'));
+         return document.getElementById('train-config-optim-momentum').disabled;"
+    );
+    b.js(&script, vec![]).await
+}
+
 /// Launches a training run through the form on the launch page; returns its id.
 async fn launch_training(b: &Browser, server: &Server, experiment: i64, name: &str, sigma: &str) -> i64 {
     b.goto(&server.url(&format!("/experiments/{experiment}/launch"))).await;
@@ -169,6 +179,10 @@ async fn dashboard_end_to_end() {
     assert_eq!(invalid, "true");
     let (_, runs) = server.get(&format!("/api/v1/experiments/{experiment}/runs")).await;
     assert_eq!(runs, json!([]), "a refused launch must not create a run");
+
+    // ---- the optimizer choice: AdamW hides SGD's momentum (and does not send it) ----
+    assert_eq!(momentum_disabled_with(&b, "adamw").await, json!(true), "momentum is SGD's only");
+    assert_eq!(momentum_disabled_with(&b, "sgd").await, json!(false));
 
     // ---- a good launch: charts and status update live on the run page ----
     eprintln!("ui test: training through the form");

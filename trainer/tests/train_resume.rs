@@ -8,14 +8,14 @@ use std::cell::Cell;
 use std::path::Path;
 
 use crt_trainer::cli::run::Outcome;
-use crt_trainer::config::{Arch, Method, TrainConfig};
+use crt_trainer::config::{Arch, Method, Optimizer, TrainConfig};
 use crt_trainer::models::Model;
 use crt_trainer::report::Reporter;
 use crt_trainer::stop::StopFlag;
 use crt_trainer::train::{self, checkpoint, Job, Objective, StepInput, StepLoss};
 use train_common::{quiet_context, small_config, tensor_bits};
 
-fn weights(dir: &Path) -> std::collections::HashMap<String, Vec<u32>> {
+fn weights(dir: &Path) -> std::collections::HashMap<String, Vec<u64>> {
     tensor_bits(&dir.join("model.safetensors"))
 }
 
@@ -41,21 +41,30 @@ fn same_seed_same_weights_other_seed_other_weights() {
     assert_ne!(a, c, "another seed, other weights");
 }
 
-/// 2 epochs in one go == 1 epoch, then `resume` with 2 epochs; for LeNet (momentum buffers) and a
-/// ResNet (BatchNorm running statistics too).
+/// 2 epochs in one go == 1 epoch, then `resume` with 2 epochs; for LeNet (momentum buffers), a
+/// ResNet (BatchNorm running statistics too) and LeNet with AdamW (its moments and step count: a
+/// lost step count would change the bias correction, so the weights would differ).
 #[test]
 fn two_epochs_equal_one_epoch_plus_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    for (arch, subset) in [(Arch::Lenet, 256), (Arch::Resnet20, 64)] {
+    for (arch, subset, optimizer) in [
+        (Arch::Lenet, 256, Optimizer::Sgd),
+        (Arch::Resnet20, 64, Optimizer::Sgd),
+        (Arch::Lenet, 256, Optimizer::adamw()),
+    ] {
         let method = Method::Gaussian { sigma: 0.5 };
-        let full_dir = tmp.path().join(format!("{arch:?}-full"));
+        let full_dir = tmp.path().join(format!("{arch:?}-{}-full", optimizer.is_sgd()));
         let mut full = small_config(arch, method.clone(), &full_dir, 11);
+        full.optim.optimizer = optimizer;
+        if !optimizer.is_sgd() {
+            full.optim.lr = Some(1e-3);
+        }
         full.data.train_subset = Some(subset);
         full.optim.batch_size = 32;
         full.data.test_subset = Some(32);
         assert_finished(train_common::train(&full));
 
-        let split_dir = tmp.path().join(format!("{arch:?}-split"));
+        let split_dir = tmp.path().join(format!("{arch:?}-{}-split", optimizer.is_sgd()));
         let mut first = TrainConfig { out_dir: split_dir.clone(), ..full.clone() };
         first.optim.epochs = 1;
         assert_finished(train_common::train(&first));
@@ -69,6 +78,28 @@ fn two_epochs_equal_one_epoch_plus_resume() {
         let meta = crt_trainer::models::ModelMeta::read(&split_dir.join("model.json")).unwrap();
         assert_eq!(meta.epochs, 2);
         assert!(meta.final_metrics.contains_key("test/acc") && meta.final_metrics.contains_key("test/noisy_acc"));
+    }
+}
+
+/// A checkpoint made with AdamW does not continue under SGD (nor the reverse): the run fails
+/// naming the optimizer instead of mixing one's state into the other.
+#[test]
+fn resume_with_another_optimizer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (made, resumed) in [(Optimizer::adamw(), Optimizer::Sgd), (Optimizer::Sgd, Optimizer::adamw())] {
+        let dir = tmp.path().join(format!("made-{}", made.is_sgd()));
+        let mut first = small_config(Arch::Lenet, Method::Gaussian { sigma: 0.25 }, &dir, 5);
+        first.optim.optimizer = made;
+        first.optim.epochs = 1;
+        assert_finished(train_common::train(&first));
+        let mut second = TrainConfig { resume: true, ..first.clone() };
+        second.optim.epochs = 2;
+        second.optim.optimizer = resumed;
+        let reporter = Reporter::quiet();
+        let err =
+            train::train(&second, &quiet_context(&reporter)).err().expect("a resume with another optimizer fails");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("optimizer"), "{msg}");
     }
 }
 

@@ -4,10 +4,28 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::config::{Arch, ConfigError, DataConfig, Dataset, Method, OptimConfig, RunConfig, Schedule, TrainConfig};
+use crate::config::{
+    Arch, ConfigError, DataConfig, Dataset, Method, OptimConfig, Optimizer, RunConfig, Schedule, TrainConfig,
+};
+
+/// `--optimizer`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adamw,
+}
+
+impl OptimizerArg {
+    fn optimizer(self) -> Optimizer {
+        match self {
+            OptimizerArg::Sgd => Optimizer::Sgd,
+            OptimizerArg::Adamw => Optimizer::adamw(),
+        }
+    }
+}
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
@@ -90,6 +108,11 @@ pub struct CommonArgs {
     /// Base learning rate [default: 0.01 for the MNIST family, 0.1 for CIFAR-10].
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Update rule: sgd (with --momentum) or adamw (PyTorch's betas 0.9, 0.999 and eps 1e-8;
+    /// weight decay decoupled) [default: sgd].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    /// SGD's momentum [default: 0.9].
     #[arg(long)]
     pub momentum: Option<f64>,
     #[arg(long)]
@@ -241,6 +264,9 @@ impl CommonArgs {
         if self.lr.is_some() {
             optim.lr = self.lr;
         }
+        if let Some(o) = self.optimizer {
+            optim.optimizer = o.optimizer();
+        }
         set(&mut optim.momentum, self.momentum);
         set(&mut optim.weight_decay, self.weight_decay);
         optim.schedule = self.schedule(&optim.schedule)?;
@@ -302,6 +328,7 @@ fn flag_for(field: &str) -> Option<&'static str> {
         "optim.batch_size" => "--batch-size",
         "optim.lr" => "--lr",
         "optim.momentum" => "--momentum",
+        "optim.optimizer.beta1" | "optim.optimizer.beta2" | "optim.optimizer.eps" => "--optimizer",
         "optim.weight_decay" => "--weight-decay",
         "optim.schedule.every_epochs" => "--lr-step",
         "optim.schedule.gamma" => "--gamma",

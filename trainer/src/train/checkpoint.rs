@@ -1,7 +1,8 @@
 //! Checkpoints: everything needed to continue a run exactly where it stopped.
 //!
 //! `checkpoint.safetensors` holds the model's variables (weights and BatchNorm running statistics)
-//! under their own names, the momentum buffers under `optim.momentum.<name>`, and the position
+//! under their own names, the optimizer's state under `optim.…` (SGD's momentum buffers as
+//! `optim.momentum.<name>`, AdamW's moments and step count as `optim.adamw.…`), and the position
 //! (`trainer.state`, the JSON of [`CheckpointState`] as bytes). Keeping the position inside the one
 //! file makes a checkpoint a single atomic rename; `checkpoint.json` is a readable copy of the state.
 //! No RNG state is stored: every random stream is derived from (seed, epoch) or (seed, step).
@@ -13,13 +14,12 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::optim::Sgd;
+use super::optim::{Optim, STATE_PREFIX};
 use crate::models::Model;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const CHECKPOINT_META: &str = "checkpoint.json";
 const STATE_TENSOR: &str = "trainer.state";
-const MOMENTUM_PREFIX: &str = "optim.momentum.";
 
 /// Where a run is, and what it must match to be continued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,13 +56,13 @@ impl CheckpointState {
 }
 
 /// Writes the checkpoint atomically (temporary file + rename) and returns its path.
-pub fn save(dir: &Path, model: &Model, optimizer: &Sgd, state: &CheckpointState) -> anyhow::Result<PathBuf> {
+pub fn save(dir: &Path, model: &Model, optimizer: &Optim, state: &CheckpointState) -> anyhow::Result<PathBuf> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, var) in model.named_vars() {
         tensors.insert(name, var.as_tensor().clone());
     }
-    for (name, buffer) in optimizer.momentum_buffers() {
-        tensors.insert(format!("{MOMENTUM_PREFIX}{name}"), buffer);
+    for (key, tensor) in optimizer.state()? {
+        tensors.insert(key, tensor);
     }
     let state_json = serde_json::to_vec(state)?;
     let len = state_json.len();
@@ -111,8 +111,8 @@ fn read_state(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<
 }
 
 impl Loaded {
-    /// Copies the stored variables into `model` and the momentum buffers into `optimizer`.
-    pub fn apply(&self, model: &Model, optimizer: &mut Sgd) -> anyhow::Result<()> {
+    /// Copies the stored variables into `model` and the optimizer's state into `optimizer`.
+    pub fn apply(&self, model: &Model, optimizer: &mut Optim) -> anyhow::Result<()> {
         for (name, var) in model.named_vars() {
             let saved = self
                 .tensors
@@ -124,10 +124,8 @@ impl Loaded {
             var.set(saved)?;
         }
         for (key, tensor) in &self.tensors {
-            if let Some(name) = key.strip_prefix(MOMENTUM_PREFIX) {
-                optimizer
-                    .set_momentum_buffer(name, tensor.clone())
-                    .with_context(|| format!("{}", self.path.display()))?;
+            if key.starts_with(STATE_PREFIX) {
+                optimizer.restore(key, tensor.clone()).with_context(|| format!("{}", self.path.display()))?;
             }
         }
         Ok(())

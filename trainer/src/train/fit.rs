@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::checkpoint::{self, CheckpointState};
 use super::eval::{self, Accuracy};
 use super::objective::{Objective, StepInput, StepLoss};
-use super::optim::{lr_at, Sgd};
+use super::optim::{lr_at, Optim};
 use super::streams::{eval_rng, step_rng};
 use crate::config::OptimConfig;
 use crate::context::Context;
@@ -63,7 +63,7 @@ struct Position {
 /// Runs (or continues) the job to the end or to a stop request.
 pub fn fit(job: &Job, ctx: &Context) -> anyhow::Result<Fit> {
     let base_lr = job.optim.lr.context("optim.lr: not resolved")?;
-    let mut optimizer = Sgd::new(job.model.trainable_vars(), base_lr, job.optim.momentum, job.optim.weight_decay);
+    let mut optimizer = Optim::new(job.optim, job.model.trainable_vars(), base_lr);
     let (mut pos, elapsed_before) = restore(job, &mut optimizer, ctx)?;
     // The step of the newest checkpoint on disk (the one a diverged run resumes from).
     let mut checkpoint_step = (job.resume && pos.step > 0).then_some(pos.step);
@@ -168,8 +168,18 @@ fn diverged(
     )
 }
 
+/// What a continued run must share with its checkpoint: the job's settings and, when it is not
+/// SGD, the optimizer (left out for SGD so checkpoints made before there was a choice still match).
+fn identity(job: &Job) -> BTreeMap<String, serde_json::Value> {
+    let mut identity = job.identity.clone();
+    if !job.optim.optimizer.is_sgd() {
+        identity.insert("optim.optimizer".into(), serde_json::to_value(job.optim.optimizer).unwrap_or_default());
+    }
+    identity
+}
+
 /// Loads the checkpoint when resuming; returns the position and the training time already spent.
-fn restore(job: &Job, optimizer: &mut Sgd, ctx: &Context) -> anyhow::Result<(Position, f64)> {
+fn restore(job: &Job, optimizer: &mut Optim, ctx: &Context) -> anyhow::Result<(Position, f64)> {
     if !job.resume {
         return Ok((Position::default(), 0.0));
     }
@@ -178,7 +188,7 @@ fn restore(job: &Job, optimizer: &mut Sgd, ctx: &Context) -> anyhow::Result<(Pos
         return Ok((Position::default(), 0.0));
     };
     let state = &loaded.state;
-    state.check_identity(&job.identity, job.out_dir)?;
+    state.check_identity(&identity(job), job.out_dir)?;
     if state.epoch > job.optim.epochs || (state.epoch == job.optim.epochs && state.batch > 0) {
         bail!(
             "resume: the checkpoint in {} is already at epoch {} of the run; --epochs / optim.epochs is {}",
@@ -194,7 +204,7 @@ fn restore(job: &Job, optimizer: &mut Sgd, ctx: &Context) -> anyhow::Result<(Pos
 
 fn save_checkpoint(
     job: &Job,
-    optimizer: &Sgd,
+    optimizer: &Optim,
     pos: Position,
     elapsed_s: f64,
     ctx: &Context,
@@ -205,14 +215,14 @@ fn save_checkpoint(
         step: pos.step,
         seed: job.seed,
         elapsed_s,
-        identity: job.identity.clone(),
+        identity: identity(job),
     };
     let path = checkpoint::save(job.out_dir, job.model, optimizer, &state)?;
     ctx.reporter.artifact(&path, ArtifactKind::Checkpoint)?;
     Ok(path)
 }
 
-fn stop(job: &Job, optimizer: &Sgd, pos: Position, elapsed_s: f64, ctx: &Context) -> anyhow::Result<Fit> {
+fn stop(job: &Job, optimizer: &Optim, pos: Position, elapsed_s: f64, ctx: &Context) -> anyhow::Result<Fit> {
     let path = save_checkpoint(job, optimizer, pos, elapsed_s, ctx)?;
     ctx.reporter
         .log(format!("stop requested: checkpoint at epoch {}, batch {} (step {})", pos.epoch, pos.batch, pos.step));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use crt_trainer::cli::run::{Context, Outcome};
-use crt_trainer::config::{Arch, DataConfig, Dataset, Method, OptimConfig, Schedule, TrainConfig};
+use crt_trainer::config::{Arch, DataConfig, Dataset, Method, OptimConfig, Optimizer, Schedule, TrainConfig};
 use crt_trainer::report::Reporter;
 use crt_trainer::stop::StopFlag;
 use sha2::{Digest, Sha256};
@@ -43,6 +43,7 @@ pub fn small_config(arch: Arch, method: Method, out_dir: &Path, seed: u64) -> Tr
             momentum: 0.9,
             weight_decay: 1e-4,
             schedule: Schedule::Step { every_epochs: 1, gamma: 0.5 },
+            optimizer: Optimizer::Sgd,
         },
         seed,
         out_dir: out_dir.to_path_buf(),
@@ -56,14 +57,17 @@ pub fn train(cfg: &TrainConfig) -> Outcome {
     crt_trainer::train::train(cfg, &quiet_context(&reporter)).expect("training runs")
 }
 
-/// Every tensor of a safetensors file as raw f32 bits (bit-for-bit comparisons).
-pub fn tensor_bits(path: &Path) -> HashMap<String, Vec<u32>> {
+/// Every tensor of a safetensors file as raw bits (bit-for-bit comparisons; f32 values widen to f64
+/// exactly, so equal bits here are equal f32 bits, and integer tensors such as AdamW's step count
+/// compare too).
+pub fn tensor_bits(path: &Path) -> HashMap<String, Vec<u64>> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).expect("readable safetensors");
     tensors.into_iter().map(|(name, t)| (name, bits(&t))).collect()
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+fn bits(t: &Tensor) -> Vec<u64> {
+    let t = t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap();
+    t.to_vec1::<f64>().unwrap().into_iter().map(f64::to_bits).collect()
 }
 
 pub fn sha256_file(path: &Path) -> String {
