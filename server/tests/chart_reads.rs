@@ -255,3 +255,45 @@ async fn mlflow_appends_out_of_order_with_repeated_steps() {
     check_reads(&store, run, "m").await;
     assert_levels_equal_a_rebuild(&store, run).await;
 }
+
+/// On Postgres, sqlx's Any driver types a NULL float (how NaN is stored) as FLOAT4, and a cached
+/// statement keeps the types of its first execution: the same statement with a float in that
+/// place then failed ("incorrect binary data format in bind parameter"). On one connection, each
+/// statement shape first with a NULL float, then with floats, must store both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_float_first_does_not_break_the_same_statement_later() {
+    let env = common::TestEnv::new();
+    let store = open(&env).await;
+    let (exp, run) = new_run(&store, crt_trainer::config::RunKind::External).await;
+    let point = |step: i64, value: f64| Logged { key: "m".into(), step, ts: 1.7e9 + step as f64, value };
+    let one = |v: f64| BTreeMap::from([("t".to_string(), v)]);
+    let mut w = store.write().await.unwrap();
+    metrics::append(w.conn(), run, &[point(0, f64::NAN), point(1, 1.0)]).await.unwrap();
+    metrics::append(w.conn(), run, &[point(2, 2.0), point(3, 3.0)]).await.unwrap();
+    metrics::upsert_step(w.conn(), run, 10, None, 1.7e9, &one(f64::NAN)).await.unwrap();
+    metrics::upsert_step(w.conn(), run, 11, Some(1.0), 1.7e9, &one(0.5)).await.unwrap();
+    let columns = |sigma| ConfigColumns { sigma, ..ConfigColumns::default() };
+    let kind = crt_trainer::config::RunKind::External;
+    let placement = Default::default();
+    store::runs::insert(w.conn(), exp, "a", kind, &columns(None), &placement, 0.0).await.unwrap();
+    let b = store::runs::insert(w.conn(), exp, "b", kind, &columns(Some(0.25)), &placement, 0.0).await.unwrap();
+    w.commit().await.unwrap();
+
+    let values: Vec<(i64, Option<f64>)> =
+        sqlx::query("SELECT step, value FROM metrics WHERE run_id = $1 ORDER BY key, step")
+            .bind(run)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("step"), r.get("value")))
+            .collect();
+    assert_eq!(
+        values,
+        [(0, None), (1, Some(1.0)), (2, Some(2.0)), (3, Some(3.0)), (10, None), (11, Some(0.5))],
+        "NaN is stored as NULL, the floats after it as themselves"
+    );
+    let sigma: Option<f64> =
+        sqlx::query("SELECT sigma FROM runs WHERE id = $1").bind(b).fetch_one(&store.pool).await.unwrap().get("sigma");
+    assert_eq!(sigma, Some(0.25));
+}

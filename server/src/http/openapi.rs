@@ -677,6 +677,13 @@ fn study_schemas(s: &mut Map<String, Value>, archs: &[&str], datasets: &[&str]) 
                 "logit_weight": { "type": "number", "description": "Default 1" },
                 "epochs": { "type": ["integer", "null"], "minimum": 1, "description": "Default: the teacher's" } } },
             "certify": { "type": "object", "description": "The trainer's SmoothingConfig: sigma, n0, n, alpha, batch, skip, max, seed, mode (docs/certification.md)" },
+            "arch_optim": { "type": "object", "propertyNames": { "enum": archs },
+                "description": "Per architecture: the optimizer (and lr, weight decay) of every run that trains a model of it; others use SGD (docs/study.md)",
+                "additionalProperties": { "type": "object", "required": ["optimizer"], "additionalProperties": false, "properties": {
+                    "optimizer": { "type": "object", "required": ["name"], "description": "{\"name\": \"sgd\"} or {\"name\": \"adamw\", \"beta1\", \"beta2\", \"eps\"} (docs/methods.md)",
+                        "properties": { "name": { "type": "string", "enum": ["sgd", "adamw"] } } },
+                    "lr": { "type": ["number", "null"], "exclusiveMinimum": 0 },
+                    "weight_decay": { "type": ["number", "null"], "minimum": 0 } } } },
             "train_subset": { "type": ["integer", "null"], "minimum": 1 },
             "test_subset": { "type": ["integer", "null"], "minimum": 1 },
             "seed": { "type": ["integer", "null"], "minimum": 0 } } }));

@@ -71,7 +71,8 @@ pub async fn upsert_step(
          ON CONFLICT (run_id, key, step, n) DO UPDATE SET epoch = excluded.epoch, ts = excluded.ts, value = excluded.value",
         rows.join(", ")
     );
-    let mut query = sqlx::query(&sql).bind(run_id).bind(step).bind(epoch).bind(ts);
+    let nulls = epoch.is_none() || values.values().any(|v| v.is_nan());
+    let mut query = sqlx::query(&sql).persistent(super::cacheable(nulls)).bind(run_id).bind(step).bind(epoch).bind(ts);
     for (key, value) in values {
         query = query.bind(key.as_str()).bind(stored(*value));
     }
@@ -93,7 +94,8 @@ pub async fn upsert_latest(
              value = excluded.value WHERE excluded.step >= metric_latest.step",
             super::values_rows(conn, part.len(), 6)
         );
-        let mut query = sqlx::query(&sql);
+        let nulls = part.iter().any(|(_, p)| p.epoch.is_none() || p.value.is_nan());
+        let mut query = sqlx::query(&sql).persistent(super::cacheable(nulls));
         for (key, p) in part {
             query = query.bind(run_id).bind(key.as_str()).bind(p.step).bind(p.epoch).bind(p.ts).bind(stored(p.value));
         }
@@ -196,7 +198,8 @@ pub async fn append(
             "INSERT INTO metrics (run_id, key, step, n, ts, value) VALUES {}",
             super::values_rows(conn, chunk.len(), 6)
         );
-        let mut query = sqlx::query(&sql);
+        let nulls = chunk.iter().any(|p| p.value.is_nan());
+        let mut query = sqlx::query(&sql).persistent(super::cacheable(nulls));
         for p in chunk {
             let n = next.entry((p.key.clone(), p.step)).or_insert(0);
             query = query.bind(run_id).bind(p.key.as_str()).bind(p.step).bind(*n).bind(p.ts).bind(stored(p.value));

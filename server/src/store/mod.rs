@@ -154,6 +154,16 @@ impl WriteTx<'_> {
     }
 }
 
+/// Whether a statement may stay in sqlx's per-connection statement cache. On Postgres the Any
+/// driver declares a NULL bound for an `f64` as FLOAT4 (sqlx 0.8.6 maps its Double NULL to an
+/// `f32`), and a cached statement keeps the parameter types of its first execution: one first
+/// run with such a NULL rejects a float in that place later ("incorrect binary data format in bind
+/// parameter"), depending on which pooled connection runs what. A statement that binds a NULL
+/// float is therefore prepared afresh and not cached; the usual one, without, stays cached.
+pub fn cacheable(binds_null_float: bool) -> bool {
+    !binds_null_float
+}
+
 /// Placeholders for statements with many parameters, each value bound in order: anonymous `?`
 /// on SQLite, where sqlx looks every named `$N` up by a linear scan (a 1,000-row insert was
 /// quadratic: half of ingest time), `$N` on Postgres (which has no `?`).

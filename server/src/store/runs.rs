@@ -234,6 +234,7 @@ pub async fn insert(
          created_at, queued_at, device_request, backend, resources) \
          VALUES ($1, $2, $3, $4, '{}', $5, $6, $7, $8, '', $9, $9, $10, $11, $12) RETURNING id",
     )
+    .persistent(super::cacheable(columns.sigma.is_none()))
     .bind(experiment_id)
     .bind(name)
     .bind(kind.as_str())
