@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crt_trainer::config::{check_lr, Arch, ConfigError, Dataset, Method, Optimizer, RunKind, SmoothingConfig};
+use crt_trainer::config::{
+    check_lr, check_nonneg, Arch, ConfigError, Dataset, Method, Optimizer, RunKind, SmoothingConfig,
+};
 
 use crate::runs::{CreateRunRequest, FieldError, RunError, RunManager};
 use crate::store::runs::{Run, RunFilter};
@@ -194,8 +196,8 @@ fn validate_arch_optim(req: &StudyRequest) -> Result<(), FieldError> {
         if let Some(lr) = o.lr {
             check_lr(&field("lr"), lr).map_err(to_field)?;
         }
-        if o.weight_decay.is_some_and(|wd| !(wd.is_finite() && wd >= 0.0)) {
-            return Err(FieldError::new(field("weight_decay"), "must be a finite number >= 0"));
+        if let Some(wd) = o.weight_decay {
+            check_nonneg(&field("weight_decay"), wd).map_err(to_field)?;
         }
     }
     Ok(())

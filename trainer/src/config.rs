@@ -532,7 +532,8 @@ fn check_positive(field: &str, v: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_nonneg(field: &str, v: f64) -> Result<(), ConfigError> {
+/// A finite number >= 0 (a weight decay, a loss weight). Also the study's check of `arch_optim`.
+pub fn check_nonneg(field: &str, v: f64) -> Result<(), ConfigError> {
     if !(v.is_finite() && v >= 0.0) {
         return Err(ConfigError::new(field, format!("must be a finite number >= 0 (got {v})")));
     }
