@@ -3,6 +3,7 @@
 
 mod kernels_common;
 
+use candle_core::Var;
 use candle_core::{Tensor, D};
 use crt_trainer::kernels;
 use kernels_common::{assert_close, random, rng, var, weighted_sum};
@@ -12,6 +13,9 @@ use kernels_common::{assert_close, random, rng, var, weighted_sum};
 const RTOL: f32 = 2e-6;
 /// The linear layer's weight and bias gradients, sums over up to 1000 rows in blocks: worst 1.2e-6.
 const RTOL_SUMS: f32 = 5e-6;
+/// The fused transformer block against candle's ops layer by layer (eight layers of differently
+/// ordered sums): worst 3.3e-6.
+const RTOL_BLOCK: f32 = 1e-5;
 
 fn layer_norm_candle(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
     let mean = x.mean_keepdim(D::Minus1).unwrap();
@@ -136,6 +140,69 @@ fn linear_with_gelu_matches_candle_ops() {
                 let what = format!("linear + gelu {name} {m}x{k}x{o} ({pass})");
                 let rtol = if name == "dx" { RTOL } else { RTOL_SUMS };
                 assert_close(g_ours.get(v).unwrap(), g_want.get(v).unwrap(), rtol, &what);
+            }
+        }
+    }
+}
+
+/// A pre-norm transformer block with candle's ops (the layer-by-layer reference of the fused block).
+fn block_candle(x: &Tensor, p: &[Var], n: usize, l: usize, heads: usize) -> Tensor {
+    let lin = |x: &Tensor, w: &Var, b: &Var| x.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap();
+    let h = layer_norm_candle(x, &p[0], &p[1], 1e-5);
+    let a = attention_candle(&lin(&h, &p[2], &p[3]), n, l, heads);
+    let x1 = (x + lin(&a, &p[4], &p[5])).unwrap();
+    let h = lin(&layer_norm_candle(&x1, &p[6], &p[7], 1e-5), &p[8], &p[9]).gelu_erf().unwrap();
+    (x1 + lin(&h, &p[10], &p[11])).unwrap()
+}
+
+#[test]
+fn transformer_block_matches_candle_ops() {
+    let mut r = rng(9);
+    // The ViT's MNIST shape (49 tokens: softmax rows with a partial vector), more samples than
+    // one task takes (several tasks, gradient sums across them), and a width that is not a multiple
+    // of 8 (LayerNorm's scalar path) with 3 heads.
+    for (n, l, d, hidden, heads, keep) in
+        [(3, 49, 64, 128, 4, true), (9, 64, 64, 128, 4, true), (40, 7, 12, 20, 3, true), (9, 64, 64, 128, 4, false)]
+    {
+        let what = format!("block {n}x{l}x{d} hidden {hidden} heads {heads} keep {keep}");
+        let x = candle_core::Var::from_tensor(&random(&mut r, &[n * l, d]).affine(2.0, 0.3).unwrap()).unwrap();
+        let shapes = [
+            vec![d],
+            vec![d],
+            vec![3 * d, d],
+            vec![3 * d],
+            vec![d, d],
+            vec![d],
+            vec![d],
+            vec![d],
+            vec![hidden, d],
+            vec![hidden],
+            vec![d, hidden],
+            vec![d],
+        ];
+        let p: Vec<Var> = shapes.iter().map(|s| var(&mut r, s)).collect();
+        let params = kernels::BlockParams {
+            norm1: (&p[0], &p[1]),
+            qkv: (&p[2], &p[3]),
+            proj: (&p[4], &p[5]),
+            norm2: (&p[6], &p[7]),
+            fc1: (&p[8], &p[9]),
+            fc2: (&p[10], &p[11]),
+        };
+        let ours = kernels::transformer_block(&x, &params, (n, l, heads), 1e-5, keep).unwrap();
+        let want = block_candle(&x, &p, n, l, heads);
+        assert_close(&ours, &want, RTOL_BLOCK, &format!("{what} output"));
+        let weights = random(&mut r, &[n * l, d]);
+        let g_want = weighted_sum(&want, &weights).backward().unwrap();
+        // The first backward pass uses the kept activations (when kept), the second recomputes them.
+        for pass in ["first", "second"] {
+            let g_ours = weighted_sum(&ours, &weights).backward().unwrap();
+            let names = ["norm1.w", "norm1.b", "qkv.w", "qkv.b", "proj.w", "proj.b"]
+                .into_iter()
+                .chain(["norm2.w", "norm2.b", "fc1.w", "fc1.b", "fc2.w", "fc2.b"]);
+            for (name, v) in std::iter::once(("dx", &x)).chain(names.zip(&p)) {
+                let (g, w) = (g_ours.get(v).unwrap(), g_want.get(v).unwrap());
+                assert_close(g, w, RTOL_BLOCK, &format!("{what} {name} ({pass} pass)"));
             }
         }
     }

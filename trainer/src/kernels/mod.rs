@@ -13,12 +13,14 @@ mod conv_bn;
 mod eltwise;
 mod gemm;
 mod im2col;
+mod lanes;
 mod linear;
 mod norm;
 mod pool;
 mod scratch;
 mod storage;
 mod transformer;
+mod vit_block;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -318,4 +320,52 @@ pub fn attention(qkv: &Tensor, n: usize, tokens: usize, heads: usize) -> Result<
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
     let attn = softmax_last_dim(&scores)?;
     attn.matmul(&v)?.transpose(1, 2)?.reshape((n * tokens, d))
+}
+
+/// The parameters of a pre-norm transformer block, each layer's (weight, bias): LayerNorm, the fused
+/// qkv projection [3D, D], the attention output projection [D, D], LayerNorm, the MLP's fc1 [H, D]
+/// and fc2 [D, H].
+pub struct BlockParams<'a> {
+    pub norm1: (&'a Tensor, &'a Tensor),
+    pub qkv: (&'a Tensor, &'a Tensor),
+    pub proj: (&'a Tensor, &'a Tensor),
+    pub norm2: (&'a Tensor, &'a Tensor),
+    pub fc1: (&'a Tensor, &'a Tensor),
+    pub fc2: (&'a Tensor, &'a Tensor),
+}
+
+impl BlockParams<'_> {
+    fn all(&self) -> [&Tensor; 12] {
+        let p = self;
+        [
+            p.norm1.0, p.norm1.1, p.qkv.0, p.qkv.1, p.proj.0, p.proj.1, p.norm2.0, p.norm2.1, p.fc1.0, p.fc1.1,
+            p.fc2.0, p.fc2.1,
+        ]
+    }
+}
+
+/// A pre-norm transformer block on the tokens x [N * L, D]: x1 = x + proj(attention(qkv(LN1(x)))),
+/// x1 + fc2(GELU(fc1(LN2(x1)))), for `n` samples of `tokens` tokens, with `heads` attention heads
+/// and LayerNorm's `eps`. On the CPU one op each way (`vit_block.rs`), which keeps its activations
+/// for the backward pass when `keep` (training) and recomputes them if a gradient is asked of it
+/// otherwise; elsewhere the layer-by-layer functions above.
+pub fn transformer_block(
+    x: &Tensor,
+    p: &BlockParams,
+    (n, tokens, heads): (usize, usize, usize),
+    eps: f64,
+    keep: bool,
+) -> Result<Tensor> {
+    if fast(x) && x.rank() == 2 && p.all().iter().all(|t| t.dtype() == DType::F32) {
+        let (dim, hidden) = (x.dim(1)?, p.fc1.0.dim(0)?);
+        let shape = vit_block::Block { n, tokens, dim, hidden, heads, eps: eps as f32 };
+        let params = Tensor::cat(&p.all().map(|t| t.flatten_all()).into_iter().collect::<Result<Vec<_>>>()?, 0)?;
+        let tracked = keep && (x.track_op() || params.track_op());
+        return x.contiguous()?.apply_op2(&params, vit_block::VitBlock::new(shape, tracked));
+    }
+    let h = layer_norm(x, p.norm1.0, p.norm1.1, eps)?;
+    let a = attention(&linear(&h, p.qkv.0, p.qkv.1)?, n, tokens, heads)?;
+    let x = (x + linear(&a, p.proj.0, p.proj.1)?)?;
+    let h = linear_gelu(&layer_norm(&x, p.norm2.0, p.norm2.1, eps)?, p.fc1.0, p.fc1.1)?;
+    x + linear(&h, p.fc2.0, p.fc2.1)?
 }

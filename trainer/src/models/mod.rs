@@ -108,7 +108,7 @@ impl Model {
             Net::Mlp(n) => n.forward(&x),
             Net::Lenet(n) => n.forward(&x),
             Net::Resnet(n) => n.forward_t(&x, train),
-            Net::Vit(n) => n.forward(&x),
+            Net::Vit(n) => n.forward_t(&x, train),
         }
     }
 

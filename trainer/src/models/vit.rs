@@ -64,18 +64,24 @@ impl Block {
         })
     }
 
-    /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul).
-    fn forward(&self, x: &Tensor, n: usize, l: usize) -> Result<Tensor> {
-        let x = (x + self.attention(&self.norm1.forward(x)?, n, l)?)?;
-        let fc1_bias = self.fc1.bias().expect("fc1 has a bias");
-        let h = kernels::linear_gelu(&self.norm2.forward(&x)?, self.fc1.weight(), fc1_bias)?;
-        x + kernels::linear_layer(&h, &self.fc2)?
+    /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul). In
+    /// training the block keeps its activations for the backward pass; otherwise a backward pass
+    /// (an attack's input gradient) recomputes them.
+    fn forward(&self, x: &Tensor, n: usize, l: usize, train: bool) -> Result<Tensor> {
+        let p = kernels::BlockParams {
+            norm1: (&self.norm1.weight, &self.norm1.bias),
+            qkv: with_bias(&self.qkv),
+            proj: with_bias(&self.proj),
+            norm2: (&self.norm2.weight, &self.norm2.bias),
+            fc1: with_bias(&self.fc1),
+            fc2: with_bias(&self.fc2),
+        };
+        kernels::transformer_block(x, &p, (n, l, HEADS), LN_EPS, train)
     }
+}
 
-    fn attention(&self, x: &Tensor, n: usize, l: usize) -> Result<Tensor> {
-        let qkv = kernels::linear_layer(x, &self.qkv)?;
-        kernels::linear_layer(&kernels::attention(&qkv, n, l, HEADS)?, &self.proj)
-    }
+fn with_bias(layer: &Linear) -> (&Tensor, &Tensor) {
+    (layer.weight(), layer.bias().expect("the block's linear layers have biases"))
 }
 
 pub struct Vit {
@@ -102,7 +108,9 @@ impl Vit {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Logits; `train` as in [`Block::forward`] (the ViT has no dropout or BatchNorm, so the
+    /// output does not depend on it).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let (hp, wp) = (h / PATCH, w / PATCH);
         let l = hp * wp;
@@ -118,7 +126,7 @@ impl Vit {
         let tokens = tokens.reshape((n, l, DIM))?.broadcast_add(&self.pos_embed)?.reshape((n * l, DIM))?;
         let mut x = tokens;
         for b in &self.blocks {
-            x = b.forward(&x, n, l)?;
+            x = b.forward(&x, n, l, train)?;
         }
         let pooled = self.norm.forward(&x)?.reshape((n, l, DIM))?.mean(1)?;
         self.head.forward(&pooled)
