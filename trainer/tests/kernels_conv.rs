@@ -18,9 +18,11 @@ const RTOL_POOL: f32 = 3e-6;
 const RTOL_SMALL: f32 = 1e-6;
 
 /// (input [N, C, H, W], kernel [O, C, K, K], stride, padding)
-const CASES: [([usize; 4], [usize; 4], usize, usize); 11] = [
+pub const CASES: [([usize; 4], [usize; 4], usize, usize); 13] = [
     ([3, 1, 28, 28], [20, 1, 5, 5], 1, 0),   // LeNet conv1
     ([2, 16, 8, 8], [16, 16, 3, 3], 1, 1),   // ResNet block conv (input gradient as a conv)
+    ([2, 32, 16, 16], [32, 32, 3, 3], 1, 1), // ResNet stage-2 block conv (Winograd when on)
+    ([2, 32, 7, 5], [40, 32, 3, 3], 1, 1),   // Winograd's partial tiles at odd edges (when on)
     ([2, 3, 7, 9], [4, 3, 5, 5], 1, 2),      // 5x5 'same', non-square
     ([3, 20, 12, 12], [50, 20, 5, 5], 1, 0), // LeNet conv2
     ([2, 3, 32, 32], [16, 3, 3, 3], 1, 1),   // ResNet stem

@@ -11,7 +11,7 @@ use super::Mode;
 pub struct Row {
     #[serde(rename = "impl")]
     pub implementation: &'static str,
-    /// crt (the crate's kernels) or candle (candle's own ops).
+    /// crt (the crate's kernels), winograd (them with Winograd convolutions) or candle (candle's own ops).
     pub kernels: &'static str,
     pub model: String,
     pub mode: Mode,

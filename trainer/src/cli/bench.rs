@@ -41,8 +41,10 @@ pub struct BenchArgs {
     /// Measure only our side.
     #[arg(long)]
     pub no_torch: bool,
-    /// Whose CPU code runs the layers: crt (the crate's kernels) or candle (candle's own ops), for A/B runs.
-    #[arg(long, default_value = "crt", value_parser = ["crt", "candle"])]
+    /// Whose CPU code runs the layers: crt (the crate's kernels), winograd (the crate's kernels with
+    /// Winograd's F(2x2, 3x3) for 3x3 stride-1 convolutions of 32 channels or more; experimental) or
+    /// candle (candle's own ops), for A/B runs.
+    #[arg(long, default_value = "crt", value_parser = ["crt", "winograd", "candle"])]
     pub kernels: String,
     /// Side of the square matrices for the matmul ceiling.
     #[arg(long, default_value_t = 1024)]
@@ -116,7 +118,8 @@ fn reference(args: &BenchArgs, device: &Device) -> Result<Reference, String> {
 
 pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Result<()> {
     let cases = args.cases()?;
-    crate::kernels::set_enabled(args.kernels == "crt");
+    crate::kernels::set_enabled(args.kernels != "candle");
+    crate::kernels::set_winograd(args.kernels == "winograd");
     let reference = reference(&args, device);
     let mut rows = Vec::new();
     for case in &cases {
@@ -127,7 +130,11 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
         let items_per_s = case.batch as f64 / median_s;
         let row = Row {
             implementation: "crt-trainer",
-            kernels: if crate::kernels::enabled() { "crt" } else { "candle" },
+            kernels: match args.kernels.as_str() {
+                "crt" => "crt",
+                "winograd" => "winograd",
+                _ => "candle",
+            },
             model: model.to_string(),
             mode: case.mode,
             batch: case.batch,

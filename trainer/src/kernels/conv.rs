@@ -20,6 +20,7 @@ use super::norm::PlaneMoments;
 use super::pool::{pool_plane, unpool_plane};
 use super::scratch::with_buffers;
 use super::storage::{as_slots, assume_init, par_chunks_init, slice, with_values, zeroed};
+use super::winograd;
 
 const NAME: &str = "crt-conv2d";
 
@@ -80,6 +81,7 @@ impl Conv2d {
         let record = self.tracked && self.pool > 1;
         let col_len = col_len(g);
         let full_len = if self.pool > 1 { g.out_len() } else { 0 };
+        let w = &Kernel::new(g, w);
         let sample = |s: usize, o: &mut [MaybeUninit<f32>], am: Option<&mut [u8]>| {
             with_buffers(col_len, full_len, |col, full| {
                 self.sample_forward(g, &x[s * g.in_len()..][..g.in_len()], w, bias, (col, full), o, am);
@@ -113,7 +115,7 @@ impl Conv2d {
         &self,
         g: &ConvGeom,
         xs: &[f32],
-        w: &[f32],
+        w: &Kernel,
         bias: Option<&[f32]>,
         (col, full): (&mut [f32], &mut [f32]),
         out: &'o mut [MaybeUninit<f32>],
@@ -215,12 +217,31 @@ pub(super) struct Grads {
 }
 
 /// Scratch for one sample's im2col matrix (none for a pointwise convolution, which multiplies the
-/// sample itself); the blocks of [`conv_sample`] and the col2im input gradient use a prefix.
+/// sample itself), or for its Winograd transforms where those run; the blocks of [`conv_sample`]
+/// and the col2im input gradient use a prefix.
 fn col_len(g: &ConvGeom) -> usize {
-    if g.is_pointwise() {
-        0
+    let im2col = if g.is_pointwise() { 0 } else { g.patch() * g.pixels() };
+    if winograd::applies(g) {
+        im2col.max(winograd::scratch_len(g))
     } else {
-        g.patch() * g.pixels()
+        im2col
+    }
+}
+
+/// A convolution's kernel in the form its per-sample routine multiplies by, decided once per call
+/// from the geometry: as given (im2col + gemm) or transformed for Winograd's F(2x2, 3x3).
+pub(super) enum Kernel<'w> {
+    Direct(&'w [f32]),
+    Winograd(Vec<f32>),
+}
+
+impl<'w> Kernel<'w> {
+    pub(super) fn new(g: &ConvGeom, w: &'w [f32]) -> Self {
+        if super::winograd_enabled() && winograd::applies(g) {
+            Kernel::Winograd(winograd::transform_kernel(g, w))
+        } else {
+            Kernel::Direct(w)
+        }
     }
 }
 
@@ -241,10 +262,14 @@ const WEIGHT_GRAD_BLOCK: usize = 256;
 fn conv_sample<'y>(
     g: &ConvGeom,
     xs: &[f32],
-    w: &[f32],
+    w: &Kernel,
     col: &mut [f32],
     y: &'y mut [MaybeUninit<f32>],
 ) -> &'y mut [f32] {
+    let w = match w {
+        Kernel::Winograd(u) => return winograd::conv_sample(g, xs, u, col, y),
+        Kernel::Direct(w) => w,
+    };
     let kernel = View::row_major(w, g.cout, g.patch());
     let y = &mut y[..g.out_len()];
     if g.is_pointwise() {
@@ -311,6 +336,7 @@ pub(super) fn backward_by_sample(
     dy_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Option<Vec<f32>>, Option<ParamSums>) {
     let flipped = (need_dx && is_same_conv(g)).then(|| flipped_kernel(g, w));
+    let flipped = flipped.as_deref().map(|f| Kernel::new(&input_grad_geom(g), f));
     let dx_len = if need_dx { g.batch * g.in_len() } else { 0 };
     let mut dx = Vec::with_capacity(dx_len);
     let mut parts: Vec<Option<&mut [MaybeUninit<f32>]>> = if need_dx {
@@ -321,7 +347,9 @@ pub(super) fn backward_by_sample(
     // The same-size input gradient runs a forward convolution of the transposed geometry.
     let col_len = col_len(g).max(if flipped.is_some() { col_len(&input_grad_geom(g)) } else { 0 });
     let need_params = params != ParamGrads::None;
-    let dw_len = g.cout * g.patch();
+    // The weight gradient's sums: dWᵀ [patch, cout], or for Winograd dU [16][cout][cin].
+    let winograd_dw = super::winograd_enabled() && winograd::applies(g);
+    let dw_len = if winograd_dw { winograd::transformed_len(g) } else { g.cout * g.patch() };
     let db_len = if params == ParamGrads::WeightAndBias { g.cout } else { 0 };
     // Fixed runs of samples, each summed in order and the runs added in order: the sums do not
     // depend on which thread took which run (work stealing), so training stays bit-reproducible.
@@ -336,11 +364,17 @@ pub(super) fn backward_by_sample(
                 with_buffers(col_len, g.out_len(), |col, dy| {
                     dy_of(s, dy);
                     if let Some(part) = dx_part.take() {
-                        sample_input_grad(g, w, flipped.as_deref(), dy, part, col);
+                        sample_input_grad(g, w, flipped.as_ref(), dy, part, col);
                     }
                     if need_params {
                         let (dw_t, db) = sums.get_or_insert_with(|| (vec![0f32; dw_len], vec![0f32; db_len]));
-                        sample_param_grads(g, &x[s * g.in_len()..][..g.in_len()], dy, (dw_t, db), col);
+                        let xs = &x[s * g.in_len()..][..g.in_len()];
+                        if winograd_dw {
+                            winograd::weight_grad_sample(g, xs, dy, dw_t, col);
+                            bias_grad_sums(g, dy, db);
+                        } else {
+                            sample_param_grads(g, xs, dy, (dw_t, db), col);
+                        }
                     }
                 });
             }
@@ -360,6 +394,9 @@ pub(super) fn backward_by_sample(
     });
     let params = need_params.then(|| {
         let (dw_t, db) = sums.unwrap_or_else(|| (vec![0f32; dw_len], vec![0f32; db_len]));
+        if winograd_dw {
+            return (winograd::weight_grad(g, &dw_t), db);
+        }
         // [patch, cout] -> [cout, patch]
         let dw = (0..dw_len).map(|i| dw_t[(i % g.patch()) * g.cout + i / g.patch()]).collect();
         (dw, db)
@@ -401,7 +438,7 @@ fn flipped_kernel(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
 fn sample_input_grad<'d>(
     g: &ConvGeom,
     w: &[f32],
-    flipped: Option<&[f32]>,
+    flipped: Option<&Kernel>,
     dy: &[f32],
     dx: &'d mut [MaybeUninit<f32>],
     col: &mut [f32],
@@ -438,6 +475,11 @@ fn sample_param_grads(g: &ConvGeom, xs: &[f32], dy: &[f32], (dw_t, db): (&mut [f
             matmul(dw_t, View::row_major(col, g.patch(), n), dy_t, true);
         }
     }
+    bias_grad_sums(g, dy, db);
+}
+
+/// db += Σ_pixels dY per channel (nothing when `db` is empty: no bias).
+fn bias_grad_sums(g: &ConvGeom, dy: &[f32], db: &mut [f32]) {
     for (acc, plane) in db.iter_mut().zip(dy.chunks_exact(g.pixels())) {
         *acc += plane.iter().sum::<f32>();
     }

@@ -21,6 +21,7 @@ mod scratch;
 mod storage;
 mod transformer;
 mod vit_block;
+mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,6 +41,19 @@ pub fn set_enabled(on: bool) {
 
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+static WINOGRAD: AtomicBool = AtomicBool::new(false);
+
+/// Turns Winograd's F(2x2, 3x3) for the 3x3 stride-1 convolutions with at least 32 channels on or
+/// off (im2col + gemm when off). Off by default: with its transforms as they are it only matches
+/// im2col (docs/benchmarks.md, "Winograd"); on for A/B benchmarks (`bench --kernels winograd`).
+pub fn set_winograd(on: bool) {
+    WINOGRAD.store(on, Ordering::Relaxed);
+}
+
+fn winograd_enabled() -> bool {
+    WINOGRAD.load(Ordering::Relaxed)
 }
 
 /// Whether the custom CPU kernels handle this tensor.
