@@ -1,6 +1,7 @@
 //! The CRT study in a real headless Chromium against the real server and trainer on real MNIST:
-//! the study form refuses a bad σ (and baseline parameters that are not JSON) next to its field
-//! and stores nothing, a good one with two baselines starts the study, and the study page's
+//! the study form refuses a bad σ (baseline parameters that are not JSON, an architecture given two
+//! optimizers) next to its field and stores nothing, a good one with two baselines and AdamW for
+//! the student's architecture starts the study with those settings in its runs, and the study page's
 //! lineage, table (accuracies ± standard error, the speedup against each baseline) and
 //! certified-accuracy chart show the runs' real results — the chart's curves equal certified
 //! accuracy computed here from each run's certificates. Saves docs/study-page.png.
@@ -75,8 +76,30 @@ async fn study_form_and_page() {
     let (_, experiments) = server.get("/api/v1/experiments").await;
     assert_eq!(experiments, json!([]), "a refused study must create nothing");
 
-    // ---- a good one: the study page fills in as its runs end ----
+    // An optimizer per architecture: the linear runs (CRT student, baselines) get AdamW. The same
+    // architecture twice is refused in the form, next to the first row's architecture.
+    b.click("#s-add-optim").await;
+    b.click("#s-add-optim").await;
+    b.select("#s-o0-arch", "linear").await;
+    b.select("#s-o1-arch", "linear").await;
     b.fill("#s-t-sigma", "0.25").await;
+    b.click("#study-form button[type=submit]").await;
+    let message = b
+        .wait_js(
+            "the optimizer row's error",
+            PAGE_TIMEOUT,
+            "const e = document.getElementById('s-o0-arch').closest('.field').querySelector('.field-error');
+             return e ? e.textContent : null;",
+        )
+        .await;
+    assert!(message.as_str().unwrap().contains("twice"), "{message}");
+    let (_, experiments) = server.get("/api/v1/experiments").await;
+    assert_eq!(experiments, json!([]), "a refused study must create nothing");
+    b.click("#s-optim-list .optim-row:nth-child(2) [data-remove]").await;
+    b.fill("#s-o0-lr", "0.01").await;
+    b.fill("#s-o0-weight_decay", "0.05").await;
+
+    // ---- a good one: the study page fills in as its runs end ----
     b.click("#study-form button[type=submit]").await;
     let id = b
         .wait_js(
@@ -92,6 +115,17 @@ async fn study_form_and_page() {
     assert_eq!(runs.len(), 8, "teacher, CRT student, two baselines and four certifications: {runs:#?}");
     let macer = runs.iter().find(|r| r["name"] == "baseline/macer/linear").expect("the MACER baseline");
     assert_eq!(macer["config"]["method"]["k"], 2, "{macer}");
+    // The linear runs train with the form's AdamW, learning rate and weight decay; the LeNet
+    // teacher keeps SGD.
+    for name in ["crt/linear", "baseline/macer/linear", "baseline/gaussian/linear"] {
+        let run = runs.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("run {name}: {runs:#?}"));
+        let optim = &run["config"]["optim"];
+        assert_eq!(optim["optimizer"]["name"], "adamw", "{name}: {optim}");
+        assert_eq!((optim["lr"].as_f64(), optim["weight_decay"].as_f64()), (Some(0.01), Some(0.05)), "{name}: {optim}");
+    }
+    let teacher = runs.iter().find(|r| r["name"] == "teacher").expect("the teacher");
+    let teacher_optimizer = &teacher["config"]["optim"]["optimizer"];
+    assert!(teacher_optimizer.is_null() || teacher_optimizer["name"] == "sgd", "{teacher}");
     for run in &runs {
         let remaining = RUN_TIMEOUT.saturating_sub(t0.elapsed());
         server.wait_status(run["id"].as_i64().unwrap(), "finished", remaining).await;

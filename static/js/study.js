@@ -66,7 +66,42 @@ function formBody(form) {
       };
     });
   }
+  const optims = optimizerBody(form);
+  if (optims) body.arch_optim = optims;
   return body;
+}
+
+/** The optimizer rows as `arch_optim` ({arch: {optimizer, lr, weight_decay}}), or nothing when
+ * there are none (every run then keeps SGD). */
+function optimizerBody(form) {
+  const rows = [...form.querySelectorAll('#s-optim-list .optim-row')];
+  if (rows.length === 0) return undefined;
+  const out = {};
+  for (const row of rows) {
+    const get = (key) => row.querySelector(`[data-key="${key}"]`).value.trim();
+    const num = (key) => (get(key) === '' ? undefined : Number(get(key)));
+    const arch = get('arch');
+    if (arch in out) {
+      throw new ApiError(0, `${arch} is listed twice: one optimizer per architecture`, `arch_optim.${arch}`);
+    }
+    out[arch] = { optimizer: { name: get('optimizer.name') }, lr: num('lr'), weight_decay: num('weight_decay') };
+  }
+  return out;
+}
+
+/** Gives each optimizer row's inputs ids, labels and the `data-path` the server's errors name,
+ * which is keyed by the row's architecture (`arch_optim.vit.lr`). */
+function numberOptimizers(list) {
+  [...list.querySelectorAll('.optim-row')].forEach((row, i) => {
+    const arch = row.querySelector('[data-key="arch"]').value;
+    for (const input of row.querySelectorAll('[data-key]')) {
+      const key = input.dataset.key;
+      input.id = `s-o${i}-${key.replace(/\W/g, '-')}`;
+      input.dataset.path = key === 'arch' ? `arch_optim.${arch}` : `arch_optim.${arch}.${key}`;
+      const label = row.querySelector(`label[data-for="${key}"]`);
+      if (label) label.htmlFor = input.id;
+    }
+  });
 }
 
 /** Gives each baseline row's inputs their list index: ids, labels and the `data-path` the
@@ -83,25 +118,29 @@ function numberBaselines(list) {
   });
 }
 
-function setupBaselines(form) {
-  const list = document.getElementById('s-baseline-list');
-  const template = document.getElementById('s-baseline-row');
-  document.getElementById('s-add-baseline').addEventListener('click', () => {
-    list.append(template.content.cloneNode(true));
-    numberBaselines(list);
-    list.lastElementChild.querySelector('select').focus();
+/** A list of rows made from a <template>: an add button appends one, each row's [data-remove]
+ * button removes it, and `renumber` refreshes the rows' ids and error paths after either. */
+function setupRows(form, { list, template, add, row, renumber }) {
+  const listEl = document.getElementById(list);
+  const templateEl = document.getElementById(template);
+  document.getElementById(add).addEventListener('click', () => {
+    listEl.append(templateEl.content.cloneNode(true));
+    renumber(listEl);
+    listEl.lastElementChild.querySelector('select').focus();
   });
-  list.addEventListener('click', (event) => {
+  listEl.addEventListener('click', (event) => {
     const remove = event.target.closest('[data-remove]');
     if (!remove) return;
-    remove.closest('.baseline-row').remove();
+    remove.closest(row).remove();
     clearErrors(form);
-    numberBaselines(list);
+    renumber(listEl);
   });
+  listEl.addEventListener('change', () => renumber(listEl));
 }
 
 function setupForm(form) {
-  setupBaselines(form);
+  setupRows(form, { list: 's-baseline-list', template: 's-baseline-row', add: 's-add-baseline', row: '.baseline-row', renumber: numberBaselines });
+  setupRows(form, { list: 's-optim-list', template: 's-optim-row', add: 's-add-optim', row: '.optim-row', renumber: numberOptimizers });
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     clearErrors(form);
