@@ -64,10 +64,10 @@ impl Block {
         })
     }
 
-    /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul). In
-    /// training the block keeps its activations for the backward pass; otherwise a backward pass
-    /// (an attack's input gradient) recomputes them.
-    fn forward(&self, x: &Tensor, n: usize, l: usize, train: bool) -> Result<Tensor> {
+    /// x: the tokens as [N * L, DIM] rows (kept 2-D so that every linear layer is one matmul).
+    /// With `keep` the block keeps its activations for the backward pass; without, a backward
+    /// pass recomputes them.
+    fn forward(&self, x: &Tensor, n: usize, l: usize, keep: bool) -> Result<Tensor> {
         let p = kernels::BlockParams {
             norm1: (&self.norm1.weight, &self.norm1.bias),
             qkv: with_bias(&self.qkv),
@@ -76,7 +76,7 @@ impl Block {
             fc1: with_bias(&self.fc1),
             fc2: with_bias(&self.fc2),
         };
-        kernels::transformer_block(x, &p, (n, l, HEADS), LN_EPS, train)
+        kernels::transformer_block(x, &p, (n, l, HEADS), LN_EPS, keep)
     }
 }
 
@@ -108,9 +108,12 @@ impl Vit {
         })
     }
 
-    /// Logits; `train` as in [`Block::forward`] (the ViT has no dropout or BatchNorm, so the
-    /// output does not depend on it).
+    /// Logits. The ViT has no dropout or BatchNorm, so the output does not depend on `train`; the
+    /// blocks keep their activations for a backward pass in training and when the input itself
+    /// is differentiated (an attack's input gradient, run in eval mode), not in certification or
+    /// evaluation.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let keep = train || x.track_op();
         let (n, c, h, w) = x.dims4()?;
         let (hp, wp) = (h / PATCH, w / PATCH);
         let l = hp * wp;
@@ -126,7 +129,7 @@ impl Vit {
         let tokens = tokens.reshape((n, l, DIM))?.broadcast_add(&self.pos_embed)?.reshape((n * l, DIM))?;
         let mut x = tokens;
         for b in &self.blocks {
-            x = b.forward(&x, n, l, train)?;
+            x = b.forward(&x, n, l, keep)?;
         }
         let pooled = self.norm.forward(&x)?.reshape((n, l, DIM))?.mean(1)?;
         self.head.forward(&pooled)
