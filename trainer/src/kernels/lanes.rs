@@ -7,8 +7,19 @@ use wide::f32x8;
 
 use super::transformer::cdf as normal_cdf;
 
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
+/// The 8 values at the start of `s`.
+pub(super) fn load8(s: &[f32]) -> f32x8 {
+    f32x8::from(<[f32; LANES]>::try_from(&s[..LANES]).expect("8 values"))
+}
+
+/// `v` into the first 8 values of `s`.
+pub(super) fn store8(s: &mut [f32], v: f32x8) {
+    s[..LANES].copy_from_slice(v.as_array());
+}
+
+/// A chunk of up to 8 values, zero-padded.
 fn load(chunk: &[f32]) -> f32x8 {
     match <[f32; LANES]>::try_from(chunk) {
         Ok(a) => f32x8::from(a),

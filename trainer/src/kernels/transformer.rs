@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use wide::f32x8;
 
 use super::gemm::{matmul, matmul_strided, View};
-use super::lanes;
+use super::lanes::{self, load8, store8, LANES};
 use super::storage::{slice, with_values};
 
 const LN: &str = "crt-layer-norm";
@@ -124,17 +124,6 @@ fn layer_norm_backward_lanes(
             store8(&mut dx[i..], v);
         }
     }
-}
-
-const LANES: usize = 8;
-
-/// The 8 values at the start of `s`.
-fn load8(s: &[f32]) -> f32x8 {
-    f32x8::from(<[f32; LANES]>::try_from(&s[..LANES]).expect("8 values"))
-}
-
-fn store8(s: &mut [f32], v: f32x8) {
-    s[..LANES].copy_from_slice(v.as_array());
 }
 
 /// [`row_stats`] for a row whose length is a multiple of 8 (lane-wise sums, then across lanes).

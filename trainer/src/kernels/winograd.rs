@@ -87,11 +87,7 @@ pub fn conv_sample<'y>(
 ) -> &'y mut [f32] {
     let (th, tw) = tiles(g);
     let t = th * tw;
-    let (v, rest) = scratch.split_at_mut(POINTS * g.cin * t);
-    let (m, rows) = rest.split_at_mut(POINTS * g.cout * t);
-    for c in 0..g.cin {
-        input_transform(g, &xs[c * g.h * g.w..][..g.h * g.w], c, v, rows);
-    }
+    let (v, m, rows) = transformed_input(g, xs, scratch);
     for p in 0..POINTS {
         let up = View::row_major(&u[p * g.cout * g.cin..], g.cout, g.cin);
         let vp = View::row_major(&v[p * g.cin * t..], g.cin, t);
@@ -104,6 +100,23 @@ pub fn conv_sample<'y>(
     // SAFETY: the tiles cover every output pixel of every channel, and `output_transform` writes
     // each pixel of its tile that lies inside the plane.
     unsafe { assume_init(y) }
+}
+
+/// Splits one sample's scratch into V (filled here: every input plane transformed), the
+/// [16][cout][tiles] area the caller fills next (M or Z), and the per-band work rows.
+fn transformed_input<'s>(
+    g: &ConvGeom,
+    xs: &[f32],
+    scratch: &'s mut [f32],
+) -> (&'s [f32], &'s mut [f32], &'s mut [f32]) {
+    let (th, tw) = tiles(g);
+    let t = th * tw;
+    let (v, rest) = scratch.split_at_mut(POINTS * g.cin * t);
+    let (out, rows) = rest.split_at_mut(POINTS * g.cout * t);
+    for c in 0..g.cin {
+        input_transform(g, &xs[c * g.h * g.w..][..g.h * g.w], c, v, rows);
+    }
+    (v, out, rows)
 }
 
 /// Bᵀ d B for every tile of one input plane, into V[ξ][c][t]. Per band of four input rows
@@ -212,11 +225,7 @@ fn output_transform(g: &ConvGeom, m: &[f32], k: usize, plane: &mut [MaybeUninit<
 pub fn weight_grad_sample(g: &ConvGeom, xs: &[f32], dy: &[f32], du: &mut [f32], scratch: &mut [f32]) {
     let (th, tw) = tiles(g);
     let t = th * tw;
-    let (v, rest) = scratch.split_at_mut(POINTS * g.cin * t);
-    let (z, rows) = rest.split_at_mut(POINTS * g.cout * t);
-    for c in 0..g.cin {
-        input_transform(g, &xs[c * g.h * g.w..][..g.h * g.w], c, v, rows);
-    }
+    let (v, z, rows) = transformed_input(g, xs, scratch);
     for k in 0..g.cout {
         gradient_transform(g, &dy[k * g.pixels()..][..g.pixels()], k, z, rows);
     }
