@@ -1,5 +1,7 @@
 //! The convolution kernel against candle's reference ops: forward values and the gradients of
 //! the input, the kernel and the bias, for every stride and padding the models use and a few more.
+//! These check the im2col + gemm path (Winograd off, process-wide for this test binary); the
+//! Winograd path, on by default, is checked against the same references in kernels_winograd.rs.
 
 mod kernels_common;
 
@@ -50,6 +52,7 @@ fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usi
 
 #[test]
 fn forward_and_all_gradients_match_candle() {
+    kernels::set_winograd(false);
     let mut r = rng(1);
     for (xd, wd, stride, pad) in CASES {
         for (with_bias, relu) in [(false, false), (true, true), (true, false), (false, true)] {

@@ -1,7 +1,8 @@
-//! Winograd's F(2x2, 3x3) convolutions (off by default, `kernels::set_winograd`) against candle's
-//! ops and against the im2col path: outputs and every gradient, for a convolution alone and for
-//! ResNet-20 (whose fused convolution + BatchNorm ops share the per-sample routines). The switch is
-//! process-wide, so these run in a test binary of their own and in one test function.
+//! Winograd's convolutions (F(2x2, 3x3) on planes under 16 pixels, F(4x4, 3x3) from 16 up; on by
+//! default, `kernels::set_winograd`) against candle's ops and against the im2col path: outputs and
+//! every gradient, for a convolution alone and for ResNet-20 (whose fused convolution + BatchNorm
+//! ops share the per-sample routines). The switch is process-wide, so these run in a test binary
+//! of their own and in one test function.
 
 mod kernels_common;
 
@@ -15,32 +16,40 @@ use rand::Rng;
 
 // Relative per-tensor tolerances, about three times the worst ratio measured (x86-64; printed with
 // --nocapture).
-/// A convolution through Winograd against candle's ops, output and gradients: worst 5.8e-7.
-const RTOL_CONV: f32 = 2e-6;
-/// ResNet-20's logits with Winograd against im2col: worst 5.0e-7.
-const RTOL_LOGITS: f32 = 2e-6;
-/// ResNet-20's parameter gradients with Winograd against im2col: worst 2.7e-6 (layer3.2.bn1.weight).
-const RTOL_RESNET_GRADS: f32 = 1e-5;
+/// A convolution through F(2x2, 3x3) against candle's ops, output and gradients: worst 8.2e-7.
+const RTOL_CONV_F2: f32 = 2.5e-6;
+/// Through F(4x4, 3x3), whose transforms' larger coefficients round more: worst 5.0e-6.
+const RTOL_CONV_F4: f32 = 1.5e-5;
+/// ResNet-20's logits with Winograd against im2col: worst 1.8e-6.
+const RTOL_LOGITS: f32 = 6e-6;
+/// ResNet-20's parameter gradients with Winograd against im2col: worst 1.3e-5 (layer3.1.conv2.weight).
+const RTOL_RESNET_GRADS: f32 = 4e-5;
 
-/// (input [N, C, H, W], kernel [O, C, 3, 3]): ResNet-20's stage 2 and 3 convolutions, and partial
-/// tiles at odd edges; stride 1, padding 1.
-const CASES: [([usize; 4], [usize; 4]); 3] =
-    [([2, 32, 16, 16], [32, 32, 3, 3]), ([2, 64, 8, 8], [64, 64, 3, 3]), ([2, 32, 7, 5], [40, 32, 3, 3])];
+/// (input [N, C, H, W], kernel [O, C, 3, 3]): ResNet-20's three stages' convolutions, and partial
+/// tiles at odd edges of both tile sizes; stride 1, padding 1.
+const CASES: [([usize; 4], [usize; 4]); 5] = [
+    ([2, 16, 32, 32], [16, 16, 3, 3]),
+    ([2, 32, 16, 16], [32, 32, 3, 3]),
+    ([2, 64, 8, 8], [64, 64, 3, 3]),
+    ([2, 32, 7, 5], [40, 32, 3, 3]),
+    ([2, 16, 17, 19], [24, 16, 3, 3]),
+];
 
 fn conv_matches_candle(what: &str) {
     let mut r = rng(11);
     for (xd, wd) in CASES {
         let what = format!("{what} {xd:?} * {wd:?}");
+        let rtol = if xd[2].min(xd[3]) >= 16 { RTOL_CONV_F4 } else { RTOL_CONV_F2 };
         let (x, w, b) = (var(&mut r, &xd), var(&mut r, &wd), var(&mut r, &[wd[0]]));
         let ours = kernels::conv2d(&x, &w, Some(&b), 1, 1, true).unwrap();
         let want = x.conv2d(&w, 1, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap();
         let want = want.relu().unwrap();
-        assert_close(&ours, &want, RTOL_CONV, &format!("forward {what}"));
+        assert_close(&ours, &want, rtol, &format!("forward {what}"));
         let weights = random(&mut r, want.dims());
         let got = weighted_sum(&ours, &weights).backward().unwrap();
         let exp = weighted_sum(&want, &weights).backward().unwrap();
         for (name, v) in [("input", &x), ("kernel", &w), ("bias", &b)] {
-            assert_close(got.get(v).unwrap(), exp.get(v).unwrap(), RTOL_CONV, &format!("{name} gradient {what}"));
+            assert_close(got.get(v).unwrap(), exp.get(v).unwrap(), rtol, &format!("{name} gradient {what}"));
         }
     }
 }

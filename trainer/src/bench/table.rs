@@ -11,7 +11,8 @@ use super::Mode;
 pub struct Row {
     #[serde(rename = "impl")]
     pub implementation: &'static str,
-    /// crt (the crate's kernels), winograd (them with Winograd convolutions) or candle (candle's own ops).
+    /// crt (the crate's kernels), im2col (them with im2col + gemm for every convolution) or candle
+    /// (candle's own ops).
     pub kernels: &'static str,
     pub model: String,
     pub mode: Mode,

@@ -41,10 +41,10 @@ pub struct BenchArgs {
     /// Measure only our side.
     #[arg(long)]
     pub no_torch: bool,
-    /// Whose CPU code runs the layers: crt (the crate's kernels), winograd (the crate's kernels with
-    /// Winograd's F(2x2, 3x3) for 3x3 stride-1 convolutions of 32 channels or more; experimental) or
-    /// candle (candle's own ops), for A/B runs.
-    #[arg(long, default_value = "crt", value_parser = ["crt", "winograd", "candle"])]
+    /// Whose CPU code runs the layers: crt (the crate's kernels, Winograd's minimal filtering for
+    /// 3x3 stride-1 convolutions of 16 channels or more), im2col (the crate's kernels with im2col +
+    /// gemm for every convolution) or candle (candle's own ops), for A/B runs.
+    #[arg(long, default_value = "crt", value_parser = ["crt", "im2col", "candle"])]
     pub kernels: String,
     /// Side of the square matrices for the matmul ceiling.
     #[arg(long, default_value_t = 1024)]
@@ -119,7 +119,7 @@ fn reference(args: &BenchArgs, device: &Device) -> Result<Reference, String> {
 pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Result<()> {
     let cases = args.cases()?;
     crate::kernels::set_enabled(args.kernels != "candle");
-    crate::kernels::set_winograd(args.kernels == "winograd");
+    crate::kernels::set_winograd(args.kernels != "im2col");
     let reference = reference(&args, device);
     let mut rows = Vec::new();
     for case in &cases {
@@ -132,7 +132,7 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
             implementation: "crt-trainer",
             kernels: match args.kernels.as_str() {
                 "crt" => "crt",
-                "winograd" => "winograd",
+                "im2col" => "im2col",
                 _ => "candle",
             },
             model: model.to_string(),

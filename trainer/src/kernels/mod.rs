@@ -20,8 +20,10 @@ mod pool;
 mod scratch;
 mod storage;
 mod transformer;
+mod vec8;
 mod vit_block;
 mod winograd;
+mod winograd_mul;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -43,11 +45,12 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-static WINOGRAD: AtomicBool = AtomicBool::new(false);
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
 
-/// Turns Winograd's F(2x2, 3x3) for the 3x3 stride-1 convolutions with at least 32 channels on or
-/// off (im2col + gemm when off). Off by default: with its transforms as they are it only matches
-/// im2col (docs/benchmarks.md, "Winograd"); on for A/B benchmarks (`bench --kernels winograd`).
+/// Turns Winograd's minimal filtering (F(4x4, 3x3) on planes of 16 pixels or more, F(2x2, 3x3) on
+/// smaller ones) for the 3x3 stride-1 convolutions with at least 16 channels on or off (im2col +
+/// gemm when off). On by default (docs/benchmarks.md, "Winograd"); off for A/B benchmarks
+/// (`bench --kernels im2col`) and for the tests that compare the two paths.
 pub fn set_winograd(on: bool) {
     WINOGRAD.store(on, Ordering::Relaxed);
 }
