@@ -229,7 +229,8 @@ fn col_len(g: &ConvGeom) -> usize {
 }
 
 /// A convolution's kernel in the form its per-sample routine multiplies by, decided once per call
-/// from the geometry: as given (im2col + gemm) or transformed for Winograd's F(2x2, 3x3).
+/// from the geometry: as given (im2col + gemm) or transformed for Winograd's minimal filtering
+/// (F(2x2, 3x3) or F(4x4, 3x3), see `winograd::tile_size`).
 pub(super) enum Kernel<'w> {
     Direct(&'w [f32]),
     Winograd(Vec<f32>),
@@ -347,7 +348,7 @@ pub(super) fn backward_by_sample(
     // The same-size input gradient runs a forward convolution of the transposed geometry.
     let col_len = col_len(g).max(if flipped.is_some() { col_len(&input_grad_geom(g)) } else { 0 });
     let need_params = params != ParamGrads::None;
-    // The weight gradient's sums: dWᵀ [patch, cout], or for Winograd dU [16][cout][cin].
+    // The weight gradient's sums: dWᵀ [patch, cout], or for Winograd dU [α²][cout][cin].
     let winograd_dw = super::winograd_enabled() && winograd::applies(g);
     let dw_len = if winograd_dw { winograd::transformed_len(g) } else { g.cout * g.patch() };
     let db_len = if params == ParamGrads::WeightAndBias { g.cout } else { 0 };
