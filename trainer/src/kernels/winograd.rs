@@ -492,9 +492,10 @@ fn input_transform<V: Vec8, const M: usize, const A: usize>(g: &ConvGeom, xp: &[
         for tx in 0..tw {
             let ti = ty * tw + tx;
             for cg in (0..c).step_by(LANES) {
-                // SAFETY: the tile's A x A pixels lie inside X' ((M·th + 2) rows of M·tw + 2
-                // pixels of c channels), and its points' groups inside V (point p at
-                // p·ps + ti·c + cg), both asserted above.
+                // SAFETY: V is the AVX type only inside the AVX2 build (`Vec8`'s contract); the
+                // tile's A x A pixels lie inside X' ((M·th + 2) rows of M·tw + 2 pixels of c
+                // channels), and its points' groups inside V (point p at p·ps + ti·c + cg), both
+                // asserted above.
                 unsafe {
                     let at = xp.as_ptr().add(M * ty * row + M * tx * c + cg);
                     let mut cols = [[V::zero(); A]; A];
@@ -529,8 +530,8 @@ fn output_transform<V: Vec8, const M: usize, const A: usize>(g: &ConvGeom, m: &[
         for tx in 0..tw {
             let ti = ty * tw + tx;
             for kg in (0..k).step_by(LANES) {
-                // SAFETY: the tile's points lie inside M and its M x M outputs inside Y'
-                // (M·th rows of M·tw pixels of k channels), both asserted above.
+                // SAFETY: V as in `input_transform`; the tile's points lie inside M and its M x M
+                // outputs inside Y' (M·th rows of M·tw pixels of k channels), both asserted above.
                 unsafe {
                     let src = m.as_ptr().add(ti * k + kg);
                     // Column by column, not all points first: a zeroed [A][A] array of points
@@ -568,8 +569,8 @@ fn gradient_transform<V: Vec8, const M: usize, const A: usize>(g: &ConvGeom, dyt
         for tx in 0..tw {
             let ti = ty * tw + tx;
             for kg in (0..k).step_by(LANES) {
-                // SAFETY: the tile's M x M values lie inside dY' and its points inside Z, both
-                // asserted above.
+                // SAFETY: V as in `input_transform`; the tile's M x M values lie inside dY' and
+                // its points inside Z, both asserted above.
                 unsafe {
                     let q = dyt.as_ptr().add(M * ty * row + M * tx * k + kg);
                     let mut cols = [[V::zero(); A]; M];
