@@ -23,7 +23,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
     /// Rounds per row: ours and PyTorch back to back, the order alternating; reports the median of
-    /// each side and of the per-round ratios (steadier on machines whose speed drifts).
+    /// each side and of the per-round ratios (steadier on machines whose speed drifts); a row whose
+    /// own rate moved more than 20% between rounds gets a note saying so.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Training batch per model, MODEL=N pairs; models not named use 128.
@@ -148,7 +149,10 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
             ratio: torch.as_ref().ok().map(|t| t.ratio),
             ratio_min: torch.as_ref().ok().map(|t| t.ratio_range.0),
             ratio_max: torch.as_ref().ok().map(|t| t.ratio_range.1),
-            note: torch.err(),
+            note: match (torch.err(), m.unsteady) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            },
         };
         println!("{}", serde_json::to_string(&row)?);
         rows.push(row);
@@ -163,6 +167,26 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
 struct Measured {
     median_s: f64,
     torch: Result<TorchSide, String>,
+    /// Set when our own rate moved by more than [`UNSTEADY`] between rounds.
+    unsteady: Option<String>,
+}
+
+/// Highest over lowest of our per-round rates above which a row is flagged: our work is the same
+/// every round, so a larger spread is the machine's speed moving under the measurement.
+const UNSTEADY: f64 = 1.2;
+
+/// A note for a row whose rounds ran at visibly different machine speeds (`ours_s`: our median
+/// seconds per round), naming the spread, so that a reader compares its ratio with care.
+fn unsteady_note(batch: usize, ours_s: &[f64]) -> Option<String> {
+    let rates: Vec<f64> = ours_s.iter().map(|s| batch as f64 / s).collect();
+    let lowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (rates.len() >= 2 && highest > UNSTEADY * lowest).then(|| {
+        format!(
+            "unsteady machine: our rate moved {lowest:.1}-{highest:.1} items/s ({:.0}% apart) over the rounds with the same work; compare this row with care",
+            100.0 * (highest / lowest - 1.0)
+        )
+    })
 }
 
 struct TorchSide {
@@ -219,7 +243,8 @@ fn measure_case(
         };
         rounds.push(pair);
     }
-    let median_s = median(rounds.iter().map(|r| r.0).collect());
+    let ours_s: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let (median_s, unsteady) = (median(ours_s.clone()), unsteady_note(case.batch, &ours_s));
     let torch = match rounds.iter().find_map(|r| r.1.as_ref().err()) {
         Some(note) => Err(note.clone()),
         None => {
@@ -227,7 +252,7 @@ fn measure_case(
             Ok(torch_side(case.batch, &pairs))
         }
     };
-    Ok(Measured { median_s, torch })
+    Ok(Measured { median_s, torch, unsteady })
 }
 
 /// The median (the mean of the middle two for an even count).
@@ -280,6 +305,15 @@ mod tests {
                 ("resnet20", "certify", 1000)
             ]
         );
+    }
+
+    #[test]
+    fn rows_whose_rounds_ran_at_different_speeds_are_flagged() {
+        // 128 items in 0.2 s and 0.25 s: 640 and 512 items/s, 25% apart.
+        let note = unsteady_note(128, &[0.2, 0.25, 0.21]).expect("a 25% spread is flagged");
+        assert!(note.contains("512.0-640.0 items/s") && note.contains("25% apart"), "{note}");
+        assert_eq!(unsteady_note(128, &[0.2, 0.23, 0.21]), None, "a 15% spread is not");
+        assert_eq!(unsteady_note(128, &[0.2]), None, "one round has no spread");
     }
 
     #[test]
