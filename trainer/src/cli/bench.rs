@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::bench::reference::{self, Reference, TorchRow};
 use crate::bench::table::{self, Ceiling, Row};
-use crate::bench::{flops, workload, Case, Mode};
+use crate::bench::{flops, median, workload, Case, Mode};
 use crate::config::Arch;
 
 #[derive(clap::Args, Debug)]
@@ -149,10 +149,7 @@ pub fn execute(args: BenchArgs, device: &Device, threads: usize) -> anyhow::Resu
             ratio: torch.as_ref().ok().map(|t| t.ratio),
             ratio_min: torch.as_ref().ok().map(|t| t.ratio_range.0),
             ratio_max: torch.as_ref().ok().map(|t| t.ratio_range.1),
-            note: match (torch.err(), m.unsteady) {
-                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-                (a, b) => a.or(b),
-            },
+            note: row_note(torch.err(), m.unsteady),
         };
         println!("{}", serde_json::to_string(&row)?);
         rows.push(row);
@@ -179,14 +176,26 @@ const UNSTEADY: f64 = 1.2;
 /// seconds per round), naming the spread, so that a reader compares its ratio with care.
 fn unsteady_note(batch: usize, ours_s: &[f64]) -> Option<String> {
     let rates: Vec<f64> = ours_s.iter().map(|s| batch as f64 / s).collect();
-    let lowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lowest, highest) = range(&rates);
     (rates.len() >= 2 && highest > UNSTEADY * lowest).then(|| {
         format!(
             "unsteady machine: our rate moved {lowest:.1}-{highest:.1} items/s ({:.0}% apart) over the rounds with the same work; compare this row with care",
             100.0 * (highest / lowest - 1.0)
         )
     })
+}
+
+/// The lowest and highest of the values.
+fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// A row's note: why PyTorch's side is missing and whether the machine was unsteady, either or both.
+fn row_note(torch_missing: Option<String>, unsteady: Option<String>) -> Option<String> {
+    match (torch_missing, unsteady) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
 }
 
 struct TorchSide {
@@ -200,14 +209,13 @@ struct TorchSide {
 
 /// PyTorch's side of a row from each round's pair: our median seconds and PyTorch's row.
 fn torch_side(batch: usize, rounds: &[(f64, &TorchRow)]) -> TorchSide {
-    let ratios: Vec<f64> = rounds.iter().map(|(ours_s, t)| batch as f64 / ours_s / t.items_per_s).collect();
-    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut ratios: Vec<f64> = rounds.iter().map(|(ours_s, t)| batch as f64 / ours_s / t.items_per_s).collect();
+    let mut torch_rates: Vec<f64> = rounds.iter().map(|(_, t)| t.items_per_s).collect();
     TorchSide {
         version: rounds.first().map(|(_, t)| t.torch.clone()).unwrap_or_default(),
-        items_per_s: median(rounds.iter().map(|(_, t)| t.items_per_s).collect()),
-        ratio: median(ratios),
-        ratio_range: (lowest, highest),
+        items_per_s: median(&mut torch_rates),
+        ratio_range: range(&ratios),
+        ratio: median(&mut ratios),
     }
 }
 
@@ -243,8 +251,9 @@ fn measure_case(
         };
         rounds.push(pair);
     }
-    let ours_s: Vec<f64> = rounds.iter().map(|r| r.0).collect();
-    let (median_s, unsteady) = (median(ours_s.clone()), unsteady_note(case.batch, &ours_s));
+    let mut ours_s: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let unsteady = unsteady_note(case.batch, &ours_s);
+    let median_s = median(&mut ours_s);
     let torch = match rounds.iter().find_map(|r| r.1.as_ref().err()) {
         Some(note) => Err(note.clone()),
         None => {
@@ -253,19 +262,6 @@ fn measure_case(
         }
     };
     Ok(Measured { median_s, torch, unsteady })
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// The matmul rate, and LeNet certification's effective rate as a share of it.
@@ -327,8 +323,8 @@ mod tests {
 
     #[test]
     fn medians_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(args(&["--rounds", "0"]).cases().unwrap_err().to_string().contains("--rounds"));
     }
 
