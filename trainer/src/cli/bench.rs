@@ -313,6 +313,15 @@ mod tests {
     }
 
     #[test]
+    fn a_rows_note_keeps_both_reasons() {
+        let (missing, unsteady) = (Some("no torch".to_string()), Some("unsteady machine: x".to_string()));
+        assert_eq!(row_note(missing.clone(), unsteady.clone()).as_deref(), Some("no torch; unsteady machine: x"));
+        assert_eq!(row_note(None, unsteady.clone()), unsteady);
+        assert_eq!(row_note(missing.clone(), None), missing);
+        assert_eq!(row_note(None, None), None);
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let err = |a: &[&str]| args(a).cases().unwrap_err().to_string();
         assert!(err(&["--models", "vgg"]).contains("--models"));
